@@ -1,0 +1,119 @@
+"""The OpenAPI 3.0 document served at ``/openapi.json``, written by hand to match
+``api/app.py`` (a test checks that every route of the app is documented here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nebula_edge import __version__
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+ERR = _json(_ref("Error"), "Error")
+NAME_PARAM = {"name": "name", "in": "path", "required": True,
+              "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}}
+
+_LIMITS = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {k: {"type": "integer", "minimum": 0}
+                   for k in ("timeout_ms", "memory_mb", "fuel", "max_output_bytes")},
+}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "Nebula-Edge agent", "version": __version__,
+             "description": "Deploy WebAssembly modules to a peer-to-peer mesh and run them."},
+    "paths": {
+        "/deploy": {"post": {
+            "summary": "Deploy a module (base64 bytes in JSON)",
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": _ref("DeployRequest")}}},
+            "responses": {"201": _json(_ref("ModuleResponse"), "Deployed"), "400": ERR,
+                          "401": ERR, "413": ERR},
+        }},
+        "/exec": {"post": {
+            "summary": "Call a module",
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": _ref("ExecRequest")}}},
+            "responses": {"200": _json(_ref("ExecResponse"), "Result"), "400": ERR, "404": ERR,
+                          "413": ERR, "422": ERR, "502": ERR, "503": ERR, "504": ERR},
+        }},
+        "/modules": {"get": {
+            "summary": "Current version of every module",
+            "responses": {"200": _json({"type": "object", "properties": {
+                "modules": {"type": "array", "items": _ref("Module")}}}, "Modules")},
+        }},
+        "/modules/{name}": {
+            "parameters": [NAME_PARAM],
+            "get": {"summary": "A module's versions",
+                    "responses": {"200": _json({"type": "object"}, "Module"), "404": ERR}},
+            "put": {"summary": "Deploy raw module bytes",
+                    "parameters": [{"name": k, "in": "query", "required": False,
+                                    "schema": {"type": "string"}}
+                                   for k in ("abi", "export")] +
+                                  [{"name": k, "in": "query", "required": False,
+                                    "schema": {"type": "integer", "minimum": 0}}
+                                   for k in ("timeout_ms", "memory_mb", "fuel",
+                                             "max_output_bytes")],
+                    "requestBody": {"required": True, "content": {
+                        "application/wasm": {"schema": {"type": "string", "format": "binary"}},
+                        "application/octet-stream": {"schema": {"type": "string",
+                                                                "format": "binary"}}}},
+                    "responses": {"201": _json(_ref("ModuleResponse"), "Deployed"), "400": ERR,
+                                  "401": ERR, "413": ERR, "415": ERR}},
+            "delete": {"summary": "Delete a module (every version, mesh-wide)",
+                       "responses": {"200": _json({"type": "object"}, "Deleted"), "401": ERR,
+                                     "404": ERR}},
+        },
+        "/modules/{name}/rollback": {"post": {
+            "summary": "Make the previous version current again",
+            "parameters": [NAME_PARAM],
+            "responses": {"200": _json(_ref("ModuleResponse"), "Rolled back"), "401": ERR,
+                          "404": ERR},
+        }},
+        "/peers": {"get": {"summary": "Connected peers",
+                           "responses": {"200": _json({"type": "object"}, "Peers")}}},
+        "/healthz": {"get": {"summary": "Liveness and a summary",
+                             "responses": {"200": _json({"type": "object"}, "Healthy")}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {
+            "description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+        "/openapi.json": {"get": {"summary": "This document",
+                                  "responses": {"200": _json({"type": "object"}, "OpenAPI")}}},
+        "/debug/echo": {"post": {
+            "summary": "Echo a JSON object (benchmark floor)",
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"type": "object"}}}},
+            "responses": {"200": _json({"type": "object"}, "Echo"), "400": ERR, "413": ERR}}},
+    },
+    "components": {"schemas": {
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+            "type": "object", "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+        "Limits": _LIMITS,
+        "DeployRequest": {"type": "object", "required": ["name", "wasm"],
+                          "additionalProperties": False, "properties": {
+            "name": {"type": "string"}, "wasm": {"type": "string", "format": "byte"},
+            "abi": {"type": "string", "enum": ["export", "wasi"]},
+            "export": {"type": "string"}, "limits": _ref("Limits")}},
+        "ExecRequest": {"type": "object", "required": ["name"], "additionalProperties": False,
+                        "properties": {"name": {"type": "string"}, "arg": {},
+                                       "args": {"type": "array", "items": {}}}},
+        "ExecResponse": {"type": "object", "properties": {"result": {}, "output": {
+            "type": "string"}}},
+        "Module": {"type": "object", "properties": {
+            "name": {"type": "string"}, "version": {"type": "integer"},
+            "sha256": {"type": "string"}, "size": {"type": "integer"},
+            "abi": {"type": "string"}, "export": {"type": "string", "nullable": True},
+            "limits": _ref("Limits"), "deployed_at": {"type": "number"},
+            "publisher": {"type": "string"}, "peers": {"type": "integer"}}},
+        "ModuleResponse": {"type": "object", "properties": {"module": _ref("Module")}},
+    }},
+}

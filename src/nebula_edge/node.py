@@ -1,0 +1,224 @@
+"""The one place where store, sandbox, metrics (and the mesh) are assembled and run.
+
+A ``Node`` is what the HTTP API talks to. It owns the asyncio side of the agent:
+the bounded worker pool for Wasm calls (admission control: ``workers`` running plus
+``queue`` waiting, beyond that ``Overloaded`` -> 503 with Retry-After), deploys,
+deletes, rollbacks, and, when the mesh is on, hands every local change to it.
+
+Methods are coroutine functions to be called on the node's event loop (not
+thread-safe), except where a docstring says otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from nebula_edge import __version__
+from nebula_edge.config import EdgeConfig, Limits
+from nebula_edge.errors import (
+    CorruptBlob,
+    ModuleNotFound,
+    NebulaError,
+    Overloaded,
+    PayloadTooLarge,
+    StoreError,
+)
+from nebula_edge.manifest import Manifest, Tombstone, check_name
+from nebula_edge.metrics import Metrics
+from nebula_edge.sandbox import Sandbox
+from nebula_edge.store import ModuleStore
+from nebula_edge.store.fsutil import DirLock
+
+if TYPE_CHECKING:
+    from nebula_edge.mesh.service import MeshService
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExecOutcome:
+    body: dict[str, Any]
+    peer: str
+    """Peer id (or node id) of the agent that ran the call."""
+
+
+class Node:
+    def __init__(self, config: EdgeConfig) -> None:
+        self.config = config
+        self.started_at = time.time()
+        state = config.state_dir
+        state.mkdir(parents=True, exist_ok=True)
+        self._lock = DirLock(state)
+        if not self._lock.acquire():
+            raise StoreError(f"another agent is using {state} (its LOCK is held); "
+                             "give this one another -port or -data")
+        self.metrics = Metrics()
+        self.store = ModuleStore(state, keep=config.keep_versions)
+        self.sandbox = Sandbox(
+            self.store.cache_dir, config.default_limits, config.max_limits,
+            on_cache=lambda outcome: self.metrics.compile_cache_total.labels(outcome).inc())
+        self.pool = ThreadPoolExecutor(config.workers, thread_name_prefix="wasm")
+        self._admitted = 0
+        self.node_id = f"{socket.gethostname()}:{config.port}"
+        self.mesh: MeshService | None = None
+        self.metrics.modules.set(len(self.store.names()))
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        if self.mesh is not None:
+            await self.mesh.start()
+            self.node_id = self.mesh.peer_id
+        asyncio.get_running_loop().run_in_executor(self.pool, self._warm)
+
+    def _warm(self) -> None:
+        """Load every current module's compiled code (from the disk cache after a restart)."""
+        for name in self.store.names():
+            m = self.store.current(name)
+            if m is None:
+                continue
+            try:
+                self.sandbox.load(m, lambda m=m: self.store.read_blob(m.sha256))  # type: ignore[misc]
+            except NebulaError as e:
+                log.warning("cannot load %s v%d: %s", m.name, m.version, e.message)
+
+    async def close(self) -> None:
+        if self.mesh is not None:
+            await self.mesh.stop()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.sandbox.close()
+        self._lock.release()
+
+    # ------------------------------------------------------------------ deploy
+    async def deploy(self, name: str, wasm: bytes, *, abi: str | None = None,
+                     export: str | None = None, limits: Limits | None = None) -> Manifest:
+        check_name(name)
+        if len(wasm) > self.config.max_module_size:
+            raise PayloadTooLarge(f"module is {len(wasm)} bytes; this agent accepts at most "
+                                  f"{self.config.max_module_size}")
+        loop = asyncio.get_running_loop()
+        m = await loop.run_in_executor(None, self._deploy_sync, name, wasm, abi, export,
+                                       limits or Limits())
+        self.metrics.deploys_total.labels("api").inc()
+        self.metrics.modules.set(len(self.store.names()))
+        log.info("deployed %s v%d (%s, %d bytes, abi %s)", m.name, m.version, m.sha256[:12],
+                 m.size, m.abi)
+        if self.mesh is not None:
+            self.mesh.announce(m)
+        return m
+
+    def _deploy_sync(self, name: str, wasm: bytes, abi: str | None, export: str | None,
+                     limits: Limits) -> Manifest:
+        if name not in self.store.names() and len(self.store.names()) >= self.config.max_modules:
+            raise PayloadTooLarge(f"this agent keeps at most {self.config.max_modules} modules")
+        self.sandbox.effective_limits(limits)  # range check before any work
+        chosen_abi, chosen_export = self.sandbox.inspect(wasm, name, abi, export)
+        sha = self.store.put_blob(wasm)
+        m = self._new_manifest(name, sha, len(wasm), chosen_abi, chosen_export, limits)
+        self.store.put_manifest(m)
+        return m
+
+    def _new_manifest(self, name: str, sha: str, size: int, abi: Any, export: str | None,
+                      limits: Limits, rollback_of: int | None = None) -> Manifest:
+        now = time.time()
+        cur = self.store.current(name)
+        if cur is not None and cur.deployed_at >= now:  # clock skew: still be the newest
+            now = cur.deployed_at + 0.001
+        tomb = self.store.tombstone(name)
+        if tomb is not None and tomb.deleted_at >= now:
+            now = tomb.deleted_at + 0.001
+        return Manifest(name=name, version=self.store.next_version(name), sha256=sha, size=size,
+                        abi=abi, export=export, limits=limits, deployed_at=now,
+                        publisher=self.node_id, rollback_of=rollback_of)
+
+    async def delete(self, name: str) -> Tombstone:
+        check_name(name)
+        cur = self.store.current(name)
+        if cur is None:
+            raise ModuleNotFound(f"no module named {name!r}")
+        t = Tombstone(name, max(time.time(), cur.deployed_at + 0.001), self.node_id)
+        await asyncio.get_running_loop().run_in_executor(None, self.store.put_tombstone, t)
+        self.metrics.modules.set(len(self.store.names()))
+        log.info("deleted %s", name)
+        if self.mesh is not None:
+            self.mesh.announce(t)
+        return t
+
+    async def rollback(self, name: str) -> Manifest:
+        """Make the previous version current again, as a new version with the old bytes."""
+        check_name(name)
+        vs = self.store.versions(name)
+        if not vs:
+            raise ModuleNotFound(f"no module named {name!r}")
+        if len(vs) < 2:
+            raise ModuleNotFound(f"{name} has no previous version to roll back to")
+        prev = vs[-2]
+        m = self._new_manifest(name, prev.sha256, prev.size, prev.abi, prev.export, prev.limits,
+                               rollback_of=prev.version)
+        await asyncio.get_running_loop().run_in_executor(None, self.store.put_manifest, m)
+        log.info("rolled %s back to the bytes of v%d (now v%d)", name, prev.version, m.version)
+        if self.mesh is not None:
+            self.mesh.announce(m)
+        return m
+
+    # ------------------------------------------------------------------ exec
+    def _admit(self) -> None:
+        if self._admitted >= self.config.workers + self.config.queue:
+            self.metrics.exec_rejected_total.inc()
+            raise Overloaded("all workers are busy and the queue is full; retry shortly",
+                             retry_after=1)
+        self._admitted += 1
+
+    async def exec(self, name: str, arg: Any, args: list[Any] | None) -> ExecOutcome:
+        check_name(name)
+        m = self.store.current(name)
+        if m is None and self.mesh is not None:
+            return await self.mesh.exec_remote(name, arg, args)
+        if m is None:
+            raise ModuleNotFound(f"no module named {name!r}")
+        self._admit()
+        t0 = time.perf_counter()
+        outcome = "ok"
+        try:
+            body = await asyncio.get_running_loop().run_in_executor(
+                self.pool, self.sandbox.call, m, lambda: self.store.read_blob(m.sha256), arg,
+                args)
+        except NebulaError as e:
+            outcome = e.code
+            if isinstance(e, CorruptBlob):
+                self.metrics.quarantined_total.inc()
+                self.sandbox.unload(m.sha256)
+                if self.mesh is not None:
+                    self.mesh.blob_lost(m)
+            raise
+        finally:
+            self._admitted -= 1
+            self.metrics.exec_total.labels(name, outcome).inc()
+            self.metrics.exec_duration.labels(name).observe(time.perf_counter() - t0)
+        return ExecOutcome(body, self.node_id)
+
+    # ------------------------------------------------------------------ views
+    def module_view(self, m: Manifest) -> dict[str, Any]:
+        d = m.to_json()
+        d.pop("v", None)
+        d["limits"] = self.sandbox.effective_limits(m.limits).to_json()
+        if self.mesh is not None:
+            d["peers"] = self.mesh.holders(m)
+        return d
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "version": __version__,
+            "node_id": self.node_id,
+            "port": self.config.port,
+            "modules": len(self.store.names()),
+            "peers": len(self.mesh.peers()) if self.mesh is not None else 0,
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "mesh": self.mesh is not None,
+        }

@@ -1,0 +1,139 @@
+"""The Wasm sandbox: the only package that imports wasmtime. Synchronous and thread-safe:
+``Sandbox.call`` runs on the agent's worker threads (wasmtime releases the GIL while
+Wasm runs), any number at once, each in a Store of its own.
+
+ABIs (chosen at deploy, recorded in the manifest):
+
+* ``export``: call an exported function with numeric JSON arguments
+  (the export named like the module, else the one named at deploy, else the only one);
+* ``wasi``: run a WASI command's ``_start`` with the JSON argument on stdin and parse
+  stdout as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nebula_edge.config import Limits
+from nebula_edge.errors import BadRequest, InvalidModule, LimitOutOfRange
+from nebula_edge.manifest import Abi, Manifest
+from nebula_edge.sandbox.call import OutputPolice, call_export, call_wasi, check_signature
+from nebula_edge.sandbox.engine import FUEL, PLAIN, WASMTIME_VERSION, Compiled, Engines, describe
+
+__all__ = ["WASMTIME_VERSION", "Sandbox"]
+
+log = logging.getLogger(__name__)
+
+
+class Sandbox:
+    """Compiles, caches and calls modules under per-call limits."""
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        default_limits: Limits,
+        max_limits: Limits,
+        on_cache: Callable[[str], None] | None = None,
+    ) -> None:
+        self.default_limits = default_limits
+        self.max_limits = max_limits
+        self.engines = Engines(cache_dir, on_cache)
+        self.police = OutputPolice()
+        self.engines.add_tick_hook(self.police.tick)
+        self._lock = threading.Lock()
+        self._loaded: dict[tuple[str, str], Compiled] = {}
+
+    def close(self) -> None:
+        self.engines.close()
+
+    # ------------------------------------------------------------------ deploy time
+    def effective_limits(self, requested: Limits) -> Limits:
+        """Module limits filled from the defaults; ``LimitOutOfRange`` past a maximum."""
+        out: dict[str, int | None] = {}
+        for f in dataclasses.fields(Limits):
+            want = getattr(requested, f.name)
+            cap = getattr(self.max_limits, f.name)
+            if want is not None and cap is not None and want > cap:
+                raise LimitOutOfRange(f"limit {f.name}={want} exceeds this agent's maximum {cap}")
+            if want == 0 and f.name != "fuel":
+                raise LimitOutOfRange(f"limit {f.name} must be positive")
+            out[f.name] = want if want is not None else getattr(self.default_limits, f.name)
+        return Limits(**out)
+
+    def inspect(self, wasm: bytes, name: str, abi: str | None, export: str | None
+                ) -> tuple[Abi, str | None]:
+        """Validate bytes and decide how the module is called. ``InvalidModule`` if it cannot
+        be called under the requested (or any) ABI. Never stores anything."""
+        if abi not in (None, "export", "wasi"):
+            raise BadRequest(f"abi must be 'export' or 'wasi', not {abi!r}")
+        if not wasm:
+            raise InvalidModule("module is empty")
+        module = self.engines.validate(wasm)
+        funcs = {e.name: e.type for e in module.exports if hasattr(e.type, "params")}
+        has_start = "_start" in funcs
+        if abi == "wasi" or (abi is None and export is None and name not in funcs and has_start):
+            if not has_start:
+                raise InvalidModule("abi 'wasi' needs a WASI command module exporting _start")
+            return "wasi", None
+        if export is not None:
+            if export not in funcs:
+                raise InvalidModule(f"module has no exported function {export!r}; it exports "
+                                    f"{sorted(funcs) or 'no functions'}")
+            chosen = export
+        elif name in funcs:
+            chosen = name
+        else:
+            callable_ = [n for n in funcs if n not in ("_start", "_initialize")]
+            if len(callable_) != 1:
+                raise InvalidModule(
+                    f"cannot choose an export: module exports {sorted(funcs) or 'no functions'}; "
+                    "name the module like its function or pass export")
+            chosen = callable_[0]
+        check_signature(funcs[chosen], chosen)
+        return "export", chosen
+
+    def signature(self, m: Manifest, read_bytes: Callable[[], bytes]) -> str | None:
+        if m.abi != "export" or m.export is None:
+            return None
+        c = self.load(m, read_bytes)
+        ft = c.functions.get(m.export)
+        return describe(ft) if ft is not None else None
+
+    # ------------------------------------------------------------------ call time
+    def load(self, m: Manifest, read_bytes: Callable[[], bytes]) -> Compiled:
+        """Compiled code for a manifest (memory, then disk cache, then compile)."""
+        flavor = FUEL if m.limits.fuel else PLAIN
+        key = (m.sha256, flavor.name)
+        c = self._loaded.get(key)
+        if c is None:
+            c = self.engines.load(m.sha256, flavor, read_bytes)
+            with self._lock:
+                self._loaded.setdefault(key, c)
+        return c
+
+    def unload(self, sha: str, evict_disk: bool = True) -> None:
+        with self._lock:
+            for key in [k for k in self._loaded if k[0] == sha]:
+                del self._loaded[key]
+        if evict_disk:
+            self.engines.evict(sha)
+
+    def call(self, m: Manifest, read_bytes: Callable[[], bytes], arg: Any,
+             args: list[Any] | None) -> dict[str, Any]:
+        """Run one call; returns ``{"result": ...}`` (or ``{"output": ...}`` for non-JSON
+        WASI stdout). Raises the ``NebulaError`` that describes any failure."""
+        c = self.load(m, read_bytes)
+        limits = self.effective_limits(m.limits)
+        if m.abi == "wasi":
+            return call_wasi(c, limits, arg if args is None else args, self.police)
+        assert m.export is not None
+        if args is None:
+            ft = c.functions.get(m.export)
+            nparams = len(ft.params) if ft is not None else 0
+            args = [] if arg is None and nparams == 0 else [arg]
+        return {"result": call_export(c, m.export, limits, args)}

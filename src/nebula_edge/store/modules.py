@@ -1,0 +1,232 @@
+"""The module store: blobs by sha256, manifests per version, tombstones per name.
+
+Layout under the agent's state directory::
+
+    blobs/<sha256>                  module bytes, immutable, verified on read
+    manifests/<name>/<file_id>.json one file per version (see Manifest.file_id)
+    tombstones/<name>.json          the latest deletion of a name
+    quarantine/<sha256>.<time>      blobs that failed verification, kept for a person to look at
+    cache/                          compiled code (owned by the sandbox)
+
+Invariants, kept across crashes because every file is written atomically and a blob
+is always written before any manifest that names it:
+
+* every manifest in the index has its blob on disk (at start, manifests whose blob is
+  missing are dropped and logged; blobs no manifest names are deleted);
+* per name, at most ``keep`` versions: the ``keep`` highest by ``Manifest.key``;
+* no manifest covered by the name's tombstone is kept.
+
+Thread-safe: every public method may be called from any thread (the HTTP loop, the
+libp2p thread's workers, the sandbox pool). Index changes hold one lock; blob reads
+do not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from nebula_edge import manifest as mf
+from nebula_edge.errors import BadRequest, CorruptBlob, StoreError
+from nebula_edge.manifest import Manifest, Tombstone
+from nebula_edge.store.fsutil import atomic_write, remove_stale_temps
+
+log = logging.getLogger(__name__)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class ModuleStore:
+    """Content-addressed blobs plus the manifest index. See the module docstring."""
+
+    def __init__(self, root: Path, keep: int = 5) -> None:
+        self.root = root
+        self.keep = keep
+        self.blob_dir = root / "blobs"
+        self.manifest_dir = root / "manifests"
+        self.tomb_dir = root / "tombstones"
+        self.quarantine_dir = root / "quarantine"
+        self.cache_dir = root / "cache"
+        for d in (self.blob_dir, self.manifest_dir, self.tomb_dir, self.quarantine_dir,
+                  self.cache_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._versions: dict[str, list[Manifest]] = {}
+        self._tombs: dict[str, Tombstone] = {}
+        self._load()
+
+    # ------------------------------------------------------------------ loading
+    def _load(self) -> None:
+        removed = remove_stale_temps(self.root)
+        if removed:
+            log.info("store: removed %d temp file(s) left by a crash", removed)
+        for p in self.tomb_dir.glob("*.json"):
+            t = self._read_record(p)
+            if isinstance(t, Tombstone):
+                self._tombs[t.name] = t
+        for d in self.manifest_dir.iterdir():
+            if not d.is_dir():
+                continue
+            for p in d.glob("*.json"):
+                m = self._read_record(p)
+                if not isinstance(m, Manifest):
+                    continue
+                if not (self.blob_dir / m.sha256).exists():
+                    log.warning("store: manifest %s v%d has no blob; dropped", m.name, m.version)
+                    p.unlink()
+                    continue
+                self._versions.setdefault(m.name, []).append(m)
+        for name in list(self._versions):
+            self._versions[name].sort(key=lambda m: m.key)
+            self._prune(name)
+        self._gc_blobs()
+
+    def _read_record(self, p: Path) -> Manifest | Tombstone | None:
+        try:
+            return mf.decode(p.read_bytes())
+        except (OSError, BadRequest) as e:
+            log.warning("store: unreadable record %s moved to quarantine: %s", p, e)
+            with contextlib.suppress(OSError):
+                os.replace(p, self.quarantine_dir / f"{p.name}.{time.time():.0f}")
+            return None
+
+    # ------------------------------------------------------------------ blobs
+    def blob_path(self, sha: str) -> Path:
+        if not mf.SHA256_RE.fullmatch(sha):
+            raise BadRequest("not a sha256")
+        return self.blob_dir / sha
+
+    def has_blob(self, sha: str) -> bool:
+        return self.blob_path(sha).exists()
+
+    def put_blob(self, data: bytes, expect_sha: str | None = None) -> str:
+        """Store bytes; returns their sha256. ``expect_sha`` is checked first if given."""
+        sha = sha256_hex(data)
+        if expect_sha is not None and sha != expect_sha:
+            raise BadRequest(f"bytes hash to {sha}, expected {expect_sha}")
+        path = self.blob_path(sha)
+        if not path.exists():
+            try:
+                atomic_write(path, data, 0o444)
+            except OSError as e:
+                raise StoreError(f"cannot write blob {sha}: {e}") from e
+        return sha
+
+    def read_blob(self, sha: str) -> bytes:
+        """Bytes of a blob, verified. A blob that fails verification is quarantined."""
+        path = self.blob_path(sha)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"blob {sha} is not in the store") from None
+        if sha256_hex(data) != sha:
+            dest = self.quarantine_dir / f"{sha}.{time.time():.0f}"
+            with contextlib.suppress(OSError):
+                os.replace(path, dest)
+            log.error("store: blob %s failed verification; quarantined at %s", sha, dest)
+            raise CorruptBlob(f"module bytes {sha[:12]} are corrupted on disk; quarantined",
+                              sha256=sha)
+        return data
+
+    def _gc_blobs(self) -> None:
+        with self._lock:
+            live = {m.sha256 for ms in self._versions.values() for m in ms}
+        for p in self.blob_dir.iterdir():
+            if p.name not in live and not p.name.startswith("."):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+
+    # ------------------------------------------------------------------ manifests
+    def put_manifest(self, m: Manifest) -> bool:
+        """Add a version whose blob is already stored. False if known, dead or too old."""
+        if not self.has_blob(m.sha256):
+            raise StoreError(f"blob {m.sha256} must be stored before its manifest")
+        with self._lock:
+            tomb = self._tombs.get(m.name)
+            if tomb is not None and tomb.covers(m):
+                return False
+            vs = self._versions.get(m.name, [])
+            if any(v.key == m.key for v in vs):
+                return False
+            if len(vs) >= self.keep and m.key < vs[0].key:
+                return False
+            d = self.manifest_dir / m.name
+            d.mkdir(exist_ok=True)
+            atomic_write(d / f"{m.file_id}.json", m.encode())
+            vs = sorted([*vs, m], key=lambda v: v.key)
+            self._versions[m.name] = vs
+            dropped = self._prune(m.name)
+        if dropped:
+            self._gc_blobs()
+        return True
+
+    def _prune(self, name: str) -> list[Manifest]:
+        vs = self._versions.get(name, [])
+        dropped = vs[: max(0, len(vs) - self.keep)]
+        for old in dropped:
+            with contextlib.suppress(FileNotFoundError):
+                (self.manifest_dir / name / f"{old.file_id}.json").unlink()
+        self._versions[name] = vs[len(dropped):]
+        return dropped
+
+    def put_tombstone(self, t: Tombstone) -> bool:
+        """Record a deletion; removes every version it covers. False if not newer."""
+        with self._lock:
+            old = self._tombs.get(t.name)
+            if old is not None and old.deleted_at >= t.deleted_at:
+                return False
+            atomic_write(self.tomb_dir / f"{t.name}.json", t.encode())
+            self._tombs[t.name] = t
+            keep = []
+            for m in self._versions.get(t.name, []):
+                if t.covers(m):
+                    with contextlib.suppress(FileNotFoundError):
+                        (self.manifest_dir / t.name / f"{m.file_id}.json").unlink()
+                else:
+                    keep.append(m)
+            if keep:
+                self._versions[t.name] = keep
+            else:
+                self._versions.pop(t.name, None)
+        self._gc_blobs()
+        return True
+
+    def versions(self, name: str) -> list[Manifest]:
+        """Kept versions of ``name``, oldest first."""
+        with self._lock:
+            return list(self._versions.get(name, []))
+
+    def current(self, name: str) -> Manifest | None:
+        with self._lock:
+            vs = self._versions.get(name)
+            return vs[-1] if vs else None
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(n for n, vs in self._versions.items() if vs)
+
+    def tombstone(self, name: str) -> Tombstone | None:
+        with self._lock:
+            return self._tombs.get(name)
+
+    def tombstones(self) -> list[Tombstone]:
+        with self._lock:
+            return list(self._tombs.values())
+
+    def all_manifests(self) -> Iterator[Manifest]:
+        with self._lock:
+            snapshot = [m for ms in self._versions.values() for m in ms]
+        return iter(snapshot)
+
+    def next_version(self, name: str) -> int:
+        with self._lock:
+            vs = self._versions.get(name, [])
+            return max((v.version for v in vs), default=0) + 1
