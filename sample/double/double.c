@@ -11,8 +11,9 @@
  *
  * Built freestanding (no libc, no entry point) so the module has no imports
  * and instantiates with an empty wasmtime Linker:
- *   python -m ziglang cc --target=wasm32-wasi -O2 -nostdlib \
- *       -Wl,--no-entry -Wl,--strip-all -o double.wasm double.c
+ *   python -m ziglang cc --target=wasm32-wasi -O2 -nostdlib -Wl,--no-entry \
+ *       -Wl,-z,stack-size=16384 -Wl,--initial-memory=65536 -s \
+ *       -o double.wasm double.c
  * (or run `make samples` / `python sample/build.py`).
  */
 #include <stdint.h>

@@ -9,8 +9,8 @@
 //	tinygo build -o double.wasm -target=wasi ./sample/double
 //
 // Unlike the C build, a TinyGo module imports a few WASI functions
-// (wasi_snapshot_preview1), so run it with a WASI linker; Nebula-Edge's
-// "export" ABI provides one.
+// (wasi_snapshot_preview1), so it needs a linker with WASI defined rather
+// than an empty one.
 package main
 
 //export double

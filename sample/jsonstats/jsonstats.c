@@ -10,8 +10,11 @@
  *   {"a":"12","b":[{"c":-4}]}   -> {"count":1,"sum":-4,"min":-4,"max":-4}
  *   "no numbers"                -> {"count":0,"sum":0,"min":null,"max":null}
  *
- * Numbers are printed in the shortest form that reads back as the same
- * double. A sum/min/max that is not finite (e.g. input 1e400) is null.
+ * Whole numbers below 2^53 are printed as integers (1000, not 1e+03); other
+ * numbers in the shortest "%g" form that reads back as the same double
+ * (0.30000000000000004, 1e+300). A sum/min/max that is not finite (input
+ * 1e400, or a sum that overflows) is null. Summation is plain left-to-right
+ * double addition.
  *
  * The input is validated against the JSON grammar (RFC 8259): strings with
  * escapes (\" \\ \/ \b \f \n \r \t \uXXXX) are skipped correctly, control
@@ -189,6 +192,13 @@ static void print_number(double v) {
         return;
     }
     char s[40];
+    /* Whole numbers below 2^53 (all exactly representable) as plain integers:
+     * 1000 rather than the "%g" form 1e+03. */
+    if (fabs(v) < 9007199254740992.0 && v == (double)(long long)v) {
+        snprintf(s, sizeof s, "%.0f", v);
+        fputs(s, stdout);
+        return;
+    }
     for (int prec = 1; prec <= 17; prec++) {
         snprintf(s, sizeof s, "%.*g", prec, v);
         if (strtod(s, NULL) == v) break;

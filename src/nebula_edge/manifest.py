@@ -139,6 +139,16 @@ def _field(
     return v
 
 
+def _time(d: dict[str, Any], key: str) -> float:
+    try:
+        t = float(_field(d, key, (int, float)))
+    except OverflowError:
+        t = math.inf
+    if not math.isfinite(t) or t < 0:
+        raise BadRequest(f"manifest {key} must be a finite non-negative number")
+    return t
+
+
 def _limits(raw: object) -> Limits:
     if raw is None:
         return Limits()
@@ -172,9 +182,7 @@ def from_json(d: dict[str, Any]) -> Manifest | Tombstone:
     if len(publisher) > 256 or (sig is not None and len(sig) > 1024):
         raise BadRequest("manifest publisher or signature too long")
     if d.get("kind") == "tombstone":
-        deleted_at = float(_field(d, "deleted_at", (int, float)))
-        if not math.isfinite(deleted_at) or deleted_at < 0:
-            raise BadRequest("tombstone deleted_at must be a finite non-negative number")
+        deleted_at = _time(d, "deleted_at")
         return Tombstone(name, deleted_at, publisher, sig)
     sha = _field(d, "sha256", str)
     if not SHA256_RE.fullmatch(sha):
@@ -183,9 +191,7 @@ def from_json(d: dict[str, Any]) -> Manifest | Tombstone:
     if abi not in ABIS:
         raise BadRequest(f"manifest abi must be one of {ABIS}")
     export = _field(d, "export", str, optional=True)
-    deployed_at = float(_field(d, "deployed_at", (int, float)))
-    if not math.isfinite(deployed_at) or deployed_at < 0:
-        raise BadRequest("manifest deployed_at must be a finite non-negative number")
+    deployed_at = _time(d, "deployed_at")
     version = _field(d, "version", int)
     size = _field(d, "size", int)
     if version < 1 or size < 0:
@@ -216,6 +222,20 @@ def decode(data: bytes) -> Manifest | Tombstone:
     if not isinstance(d, dict):
         raise BadRequest("manifest must be a JSON object")
     return from_json(d)
+
+
+def admits(versions: list[Manifest], tombstone: Tombstone | None, m: Manifest, keep: int) -> bool:
+    """Whether a store holding ``versions`` (oldest first) of ``m.name`` takes ``m``.
+
+    The one rule every agent applies, so that all of them keep the same ``keep`` newest
+    versions whatever order manifests arrive in: not already held, not deleted, and not
+    older than everything kept once ``keep`` versions are held.
+    """
+    if tombstone is not None and tombstone.covers(m):
+        return False
+    if any(v.key == m.key for v in versions):
+        return False
+    return not (len(versions) >= keep and m.key < versions[0].key)
 
 
 def current(manifests: list[Manifest], tombstone: Tombstone | None) -> Manifest | None:

@@ -36,7 +36,7 @@ from nebula_edge.store import ModuleStore
 from nebula_edge.store.fsutil import DirLock
 
 if TYPE_CHECKING:
-    from nebula_edge.mesh.service import MeshService
+    from nebula_edge.net.service import MeshService
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class ExecOutcome:
 
 
 class Node:
-    def __init__(self, config: EdgeConfig) -> None:
+    def __init__(self, config: EdgeConfig, mesh: bool = True) -> None:
         self.config = config
         self.started_at = time.time()
         state = config.state_dir
@@ -67,6 +67,10 @@ class Node:
         self._admitted = 0
         self.node_id = f"{socket.gethostname()}:{config.port}"
         self.mesh: MeshService | None = None
+        if mesh:
+            from nebula_edge.net.service import MeshService
+
+            self.mesh = MeshService(config, self.store, self.sandbox, self.metrics)
         self.metrics.modules.set(len(self.store.names()))
 
     # ------------------------------------------------------------------ lifecycle
@@ -174,11 +178,23 @@ class Node:
                              retry_after=1)
         self._admitted += 1
 
-    async def exec(self, name: str, arg: Any, args: list[Any] | None) -> ExecOutcome:
+    async def exec(self, name: str, arg: Any, args: list[Any] | None,
+                   forwarded: bool = False) -> ExecOutcome:
+        """Run a call here; with the mesh, a module not here yet is fetched (bounded wait)
+        or the call is forwarded to a peer holding it (never when already forwarded)."""
         check_name(name)
         m = self.store.current(name)
         if m is None and self.mesh is not None:
-            return await self.mesh.exec_remote(name, arg, args)
+            m = await self.mesh.obtain(name)
+            if m is None and not forwarded:
+                body: dict[str, Any] = {"name": name}
+                if args is not None:
+                    body["args"] = args
+                elif arg is not None:
+                    body["arg"] = arg
+                result, peer = await self.mesh.forward(name, body)
+                self.metrics.exec_total.labels(name, "forwarded").inc()
+                return ExecOutcome(result, peer)
         if m is None:
             raise ModuleNotFound(f"no module named {name!r}")
         self._admit()

@@ -39,6 +39,8 @@ from nebula_edge.node import Node
 log = logging.getLogger(__name__)
 
 NODE = web.AppKey("node", Node)
+FORWARDED_HEADER = "X-Nebula-Forwarded"
+"""Set on a call one agent forwards to another; such a call is never forwarded again."""
 MAX_EXEC_BODY = 1024 * 1024
 """An /exec request is a name and a JSON argument; 1 MiB is generous."""
 RAW_TYPES = ("application/wasm", "application/octet-stream")
@@ -181,7 +183,8 @@ async def exec_(request: web.Request) -> web.Response:
     unknown = set(body) - {"name", "arg", "args"}
     if unknown:
         raise BadRequest(f"unknown field(s) {sorted(unknown)}")
-    out = await node.exec(name, body.get("arg"), args)
+    out = await node.exec(name, body.get("arg"), args,
+                          forwarded=FORWARDED_HEADER in request.headers)
     resp = web.json_response(out.body, dumps=_dumps)
     resp.headers["X-Nebula-Peer"] = out.peer
     return resp

@@ -21,7 +21,7 @@ from nebula_edge.errors import NebulaError
 from nebula_edge.node import Node
 
 log = logging.getLogger("nebula_edge")
-MESH_DEFAULT = False
+MESH_DEFAULT = True
 
 
 def build_parser() -> GoFlags:
@@ -86,11 +86,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[EdgeConfig, bool]:
 
 
 async def serve(cfg: EdgeConfig, mesh: bool) -> None:
-    node = Node(cfg)
-    if mesh:
-        from nebula_edge.mesh.service import MeshService
-
-        node.mesh = MeshService(node)
+    node = Node(cfg, mesh=mesh)
     runner = web.AppRunner(make_app(node), access_log=None, handle_signals=False)
     await runner.setup()
     stop = asyncio.Event()

@@ -104,6 +104,19 @@ class Sandbox:
         ft = c.functions.get(m.export)
         return describe(ft) if ft is not None else None
 
+    def admit(self, m: Manifest, wasm: bytes) -> None:
+        """Check bytes received from a peer against their manifest before they are stored:
+        they compile, and the manifest's ABI and export exist with a usable signature.
+        Compiles once, for the engine the module will run on, and fills the cache."""
+        c = self.load(m, lambda: wasm)
+        if m.abi == "wasi":
+            if "_start" not in c.functions:
+                raise InvalidModule("manifest says abi wasi but the module has no _start")
+            return
+        if m.export is None or m.export not in c.functions:
+            raise InvalidModule(f"manifest names export {m.export!r} but the module has none")
+        check_signature(c.functions[m.export], m.export)
+
     # ------------------------------------------------------------------ call time
     def load(self, m: Manifest, read_bytes: Callable[[], bytes]) -> Compiled:
         """Compiled code for a manifest (memory, then disk cache, then compile)."""

@@ -150,13 +150,8 @@ class ModuleStore:
         if not self.has_blob(m.sha256):
             raise StoreError(f"blob {m.sha256} must be stored before its manifest")
         with self._lock:
-            tomb = self._tombs.get(m.name)
-            if tomb is not None and tomb.covers(m):
-                return False
             vs = self._versions.get(m.name, [])
-            if any(v.key == m.key for v in vs):
-                return False
-            if len(vs) >= self.keep and m.key < vs[0].key:
+            if not mf.admits(vs, self._tombs.get(m.name), m, self.keep):
                 return False
             d = self.manifest_dir / m.name
             d.mkdir(exist_ok=True)
@@ -225,6 +220,12 @@ class ModuleStore:
         with self._lock:
             snapshot = [m for ms in self._versions.values() for m in ms]
         return iter(snapshot)
+
+    def wants(self, m: Manifest) -> bool:
+        """Whether ``put_manifest(m)`` would take it (used before fetching its bytes)."""
+        with self._lock:
+            return mf.admits(self._versions.get(m.name, []), self._tombs.get(m.name), m,
+                             self.keep)
 
     def next_version(self, name: str) -> int:
         with self._lock:
