@@ -15,6 +15,8 @@ it checks size before parsing and every field's type after.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 import re
@@ -62,15 +64,21 @@ class Manifest:
     rollback_of: int | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
+    @functools.cached_property
+    def id(self) -> str:
+        """Hash of the signed fields: tells apart manifests that tie on time and bytes."""
+        return hashlib.sha256(canonical(self.signed_fields())).hexdigest()[:16]
+
     @property
-    def key(self) -> tuple[float, str]:
-        """Total order of versions of one name: later deploy wins, hash breaks ties."""
-        return (self.deployed_at, self.sha256)
+    def key(self) -> tuple[float, str, str]:
+        """Total order of versions of one name: later deploy wins, the bytes' hash breaks
+        ties, and the manifest's own hash breaks what is left (same time, same bytes)."""
+        return (self.deployed_at, self.sha256, self.id)
 
     @property
     def file_id(self) -> str:
         """A file name unique per version, sorting in ``key`` order."""
-        return f"{round(self.deployed_at * 1_000_000):020d}-{self.sha256[:16]}"
+        return f"{round(self.deployed_at * 1_000_000):020d}-{self.sha256[:16]}-{self.id}"
 
     def signed_fields(self) -> dict[str, Any]:
         return {
@@ -174,7 +182,8 @@ def parse_limits(raw: dict[str, Any]) -> Limits:
 
 def from_json(d: dict[str, Any]) -> Manifest | Tombstone:
     """Build a manifest or tombstone from parsed JSON, validating every field."""
-    if d.get("v") != FORMAT_VERSION:
+    v = d.get("v")
+    if type(v) is not int or v != FORMAT_VERSION:
         raise BadRequest(f"unsupported manifest format version {d.get('v')!r}")
     name = check_name(d.get("name"))
     sig = _field(d, "signature", str, optional=True)

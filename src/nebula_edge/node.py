@@ -59,7 +59,8 @@ class Node:
             raise StoreError(f"another agent is using {state} (its LOCK is held); "
                              "give this one another -port or -data")
         self.metrics = Metrics()
-        self.store = ModuleStore(state, keep=config.keep_versions)
+        self.store = ModuleStore(state, keep=config.keep_versions,
+                                 on_quarantine=lambda sha: self.metrics.quarantined_total.inc())
         self.sandbox = Sandbox(
             self.store.cache_dir, config.default_limits, config.max_limits,
             on_cache=lambda outcome: self.metrics.compile_cache_total.labels(outcome).inc())
@@ -88,8 +89,16 @@ class Node:
                 continue
             try:
                 self.sandbox.load(m, lambda m=m: self.store.read_blob(m.sha256))  # type: ignore[misc]
+            except CorruptBlob:
+                self._blob_corrupt(m)
             except NebulaError as e:
                 log.warning("cannot load %s v%d: %s", m.name, m.version, e.message)
+
+    def _blob_corrupt(self, m: Manifest) -> None:
+        """Thread-safe. A blob failed verification (the store has quarantined it)."""
+        self.sandbox.unload(m.sha256)
+        if self.mesh is not None:
+            self.mesh.blob_lost(m)
 
     async def close(self) -> None:
         if self.mesh is not None:
@@ -123,8 +132,11 @@ class Node:
         self.sandbox.effective_limits(limits)  # range check before any work
         chosen_abi, chosen_export = self.sandbox.inspect(wasm, name, abi, export)
         sha = self.store.put_blob(wasm)
-        m = self._new_manifest(name, sha, len(wasm), chosen_abi, chosen_export, limits)
-        self.store.put_manifest(m)
+        try:
+            m = self._new_manifest(name, sha, len(wasm), chosen_abi, chosen_export, limits)
+            self.store.put_manifest(m)
+        finally:
+            self.store.unpin(sha)
         return m
 
     def _new_manifest(self, name: str, sha: str, size: int, abi: Any, export: str | None,
@@ -207,10 +219,7 @@ class Node:
         except NebulaError as e:
             outcome = e.code
             if isinstance(e, CorruptBlob):
-                self.metrics.quarantined_total.inc()
-                self.sandbox.unload(m.sha256)
-                if self.mesh is not None:
-                    self.mesh.blob_lost(m)
+                self._blob_corrupt(m)
             raise
         finally:
             self._admitted -= 1

@@ -67,7 +67,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             raise
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status, "http_error")
         body = {"error": {"code": code, "message": f"{e.reason}: {request.method} {request.path}"}}
-        return web.json_response(body, status=e.status)
+        resp = web.json_response(body, status=e.status)
+        if "Allow" in e.headers:
+            resp.headers["Allow"] = e.headers["Allow"]
+        return resp
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
         return web.json_response({"error": {"code": "internal", "message": "internal error; "
@@ -121,6 +124,8 @@ async def deploy(request: web.Request) -> web.Response:
     limit = node.config.max_module_size * 4 // 3 + 64 * 1024
     body = await read_json(request, limit)
     name = body.get("name")
+    if not isinstance(name, str):
+        raise BadRequest("field 'name' is required and must be a string")
     b64 = body.get("wasm")
     if not isinstance(b64, str):
         raise BadRequest("field 'wasm' (base64 module bytes) is required and must be a string")
@@ -131,7 +136,7 @@ async def deploy(request: web.Request) -> web.Response:
     unknown = set(body) - {"name", "wasm", "abi", "export", "limits"}
     if unknown:
         raise BadRequest(f"unknown field(s) {sorted(unknown)}")
-    m = await node.deploy(name if isinstance(name, str) else repr(name), wasm,
+    m = await node.deploy(name, wasm,
                           abi=_opt_str(body, "abi"), export=_opt_str(body, "export"),
                           limits=_limits_from(body))
     return web.json_response({"module": node.module_view(m)}, status=201)
@@ -211,7 +216,10 @@ async def get_module(request: web.Request) -> web.Response:
     if not vs:
         raise NotFound(f"no module named {name!r}")
     view = node.module_view(vs[-1])
-    sig = node.sandbox.signature(vs[-1], lambda: node.store.read_blob(vs[-1].sha256))
+    try:
+        sig = node.sandbox.signature(vs[-1], lambda: node.store.read_blob(vs[-1].sha256))
+    except NebulaError:
+        sig = None  # bytes unreadable (e.g. quarantined): the listing still answers
     return web.json_response({"name": name, "current": view, "signature": sig,
                               "versions": [node.module_view(m) for m in reversed(vs)]})
 

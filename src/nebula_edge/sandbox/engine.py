@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import logging
 import os
 import threading
@@ -38,7 +39,7 @@ TICK_S = 0.005
 MAX_WASM_STACK = 512 * 1024
 """Deep recursion traps with STACK_OVERFLOW well before the worker thread's own stack."""
 
-WASMTIME_VERSION = getattr(wasmtime, "__version__", "unknown")
+WASMTIME_VERSION = importlib.metadata.version("wasmtime")
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,10 @@ class Engines:
     def validate(self, wasm: bytes) -> wasmtime.Module:
         """Compile without caching; ``InvalidModule`` if the bytes are not a valid module."""
         with map_compile_errors():
-            return wasmtime.Module(self._engines[PLAIN], wasm)
+            module = wasmtime.Module(self._engines[PLAIN], wasm)
+            # Linking too: a module importing anything but WASI could never be called.
+            self._linkers[PLAIN].instantiate_pre(module)
+            return module
 
     def _cache_path(self, sha: str, flavor: Flavor) -> Path:
         return self.cache_dir / f"{sha}.{flavor.name}.{flavor.fingerprint}.cwasm"

@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from nebula_edge import manifest as mf
@@ -47,9 +47,11 @@ def sha256_hex(data: bytes) -> str:
 class ModuleStore:
     """Content-addressed blobs plus the manifest index. See the module docstring."""
 
-    def __init__(self, root: Path, keep: int = 5) -> None:
+    def __init__(self, root: Path, keep: int = 5,
+                 on_quarantine: Callable[[str], None] | None = None) -> None:
         self.root = root
         self.keep = keep
+        self._on_quarantine = on_quarantine or (lambda sha: None)
         self.blob_dir = root / "blobs"
         self.manifest_dir = root / "manifests"
         self.tomb_dir = root / "tombstones"
@@ -61,6 +63,10 @@ class ModuleStore:
         self._lock = threading.RLock()
         self._versions: dict[str, list[Manifest]] = {}
         self._tombs: dict[str, Tombstone] = {}
+        self._pinned: dict[str, int] = {}
+        """Blobs stored for a deploy or fetch whose manifest is not written yet: GC skips them."""
+        self._corrupt: set[str] = set()
+        """Blobs quarantined since start: reads say ``CorruptBlob`` until good bytes arrive."""
         self._load()
 
     # ------------------------------------------------------------------ loading
@@ -78,6 +84,10 @@ class ModuleStore:
             for p in d.glob("*.json"):
                 m = self._read_record(p)
                 if not isinstance(m, Manifest):
+                    continue
+                tomb = self._tombs.get(m.name)
+                if tomb is not None and tomb.covers(m):  # a crash after the tombstone
+                    p.unlink()
                     continue
                 if not (self.blob_dir / m.sha256).exists():
                     log.warning("store: manifest %s v%d has no blob; dropped", m.name, m.version)
@@ -107,18 +117,38 @@ class ModuleStore:
     def has_blob(self, sha: str) -> bool:
         return self.blob_path(sha).exists()
 
+    def is_corrupt(self, sha: str) -> bool:
+        with self._lock:
+            return sha in self._corrupt
+
     def put_blob(self, data: bytes, expect_sha: str | None = None) -> str:
-        """Store bytes; returns their sha256. ``expect_sha`` is checked first if given."""
+        """Store bytes; returns their sha256. ``expect_sha`` is checked first if given.
+
+        The blob stays pinned (safe from GC) until ``unpin``: call it once the manifest
+        naming it is written, or the deploy failed."""
         sha = sha256_hex(data)
         if expect_sha is not None and sha != expect_sha:
             raise BadRequest(f"bytes hash to {sha}, expected {expect_sha}")
         path = self.blob_path(sha)
+        with self._lock:
+            self._pinned[sha] = self._pinned.get(sha, 0) + 1
         if not path.exists():
             try:
                 atomic_write(path, data, 0o444)
             except OSError as e:
+                self.unpin(sha)
                 raise StoreError(f"cannot write blob {sha}: {e}") from e
+        with self._lock:
+            self._corrupt.discard(sha)
         return sha
+
+    def unpin(self, sha: str) -> None:
+        with self._lock:
+            n = self._pinned.get(sha, 0) - 1
+            if n > 0:
+                self._pinned[sha] = n
+            else:
+                self._pinned.pop(sha, None)
 
     def read_blob(self, sha: str) -> bytes:
         """Bytes of a blob, verified. A blob that fails verification is quarantined."""
@@ -126,11 +156,18 @@ class ModuleStore:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
+            if sha in self._corrupt:
+                raise CorruptBlob(f"module bytes {sha[:12]} were corrupted on disk and are "
+                                  "quarantined; deploy them again or wait for a peer's copy",
+                                  sha256=sha) from None
             raise StoreError(f"blob {sha} is not in the store") from None
         if sha256_hex(data) != sha:
             dest = self.quarantine_dir / f"{sha}.{time.time():.0f}"
             with contextlib.suppress(OSError):
                 os.replace(path, dest)
+            with self._lock:
+                self._corrupt.add(sha)
+            self._on_quarantine(sha)
             log.error("store: blob %s failed verification; quarantined at %s", sha, dest)
             raise CorruptBlob(f"module bytes {sha[:12]} are corrupted on disk; quarantined",
                               sha256=sha)
@@ -138,7 +175,7 @@ class ModuleStore:
 
     def _gc_blobs(self) -> None:
         with self._lock:
-            live = {m.sha256 for ms in self._versions.values() for m in ms}
+            live = {m.sha256 for ms in self._versions.values() for m in ms} | set(self._pinned)
         for p in self.blob_dir.iterdir():
             if p.name not in live and not p.name.startswith("."):
                 with contextlib.suppress(FileNotFoundError):

@@ -1,0 +1,230 @@
+"""The sandbox called directly: choosing an export, calling, limits, the compiled-code cache."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import wasmtime
+
+from agents import SAMPLES
+from nebula_edge.config import EdgeConfig, Limits
+from nebula_edge.errors import (
+    BadRequest,
+    ExecTimeout,
+    InvalidArguments,
+    InvalidModule,
+    LimitOutOfRange,
+    Trap,
+)
+from nebula_edge.manifest import Manifest
+from nebula_edge.sandbox import WASMTIME_VERSION, Sandbox
+
+DOUBLE = (SAMPLES / "double" / "double.wasm").read_bytes()
+CALC = (SAMPLES / "misbehave" / "calc.wasm").read_bytes()
+JSONSTATS = (SAMPLES / "jsonstats" / "jsonstats.wasm").read_bytes()
+LOOP = (SAMPLES / "misbehave" / "loop.wasm").read_bytes()
+NOFUNC = (SAMPLES / "misbehave" / "nofunc.wasm").read_bytes()
+RECURSE = (SAMPLES / "misbehave" / "recurse.wasm").read_bytes()
+CFG = EdgeConfig()
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.outcomes: list[str] = []
+
+    def __call__(self, outcome: str) -> None:
+        self.outcomes.append(outcome)
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def sandbox(cache_dir: Path) -> Iterator[Sandbox]:
+    sb = Sandbox(cache_dir, CFG.default_limits, CFG.max_limits)
+    try:
+        yield sb
+    finally:
+        sb.close()
+
+
+def manifest(wasm: bytes, name: str, abi: str, export: str | None,
+             limits: Limits | None = None) -> Manifest:
+    return Manifest(name=name, version=1, sha256=hashlib.sha256(wasm).hexdigest(),
+                    size=len(wasm), abi=abi, export=export,  # type: ignore[arg-type]
+                    limits=limits or Limits(), deployed_at=1.0, publisher="test")
+
+
+def call(sb: Sandbox, wasm: bytes, name: str, arg: object = None, args: list[object] | None = None,
+         export: str | None = None, limits: Limits | None = None) -> dict[str, object]:
+    abi, chosen = sb.inspect(wasm, name, None, export)
+    return sb.call(manifest(wasm, name, abi, chosen, limits), lambda: wasm, arg, args)
+
+
+# ------------------------------------------------------------------------------ inspect
+@pytest.mark.parametrize(("wasm", "name", "abi", "export", "expected"), [
+    (DOUBLE, "double", None, None, ("export", "double")),  # export named like the module
+    (DOUBLE, "twice", None, None, ("export", "double")),  # the only export
+    (CALC, "calc", None, "divmod", ("export", "divmod")),  # named at deploy
+    (CALC, "add", None, None, ("export", "add")),  # named like the module
+    (JSONSTATS, "stats", None, None, ("wasi", None)),  # a WASI command: _start
+    (JSONSTATS, "stats", "wasi", None, ("wasi", None)),
+])
+def test_inspect_chooses_how_to_call(sandbox: Sandbox, wasm: bytes, name: str, abi: str | None,
+                                     export: str | None, expected: tuple[str, str | None]
+                                     ) -> None:
+    assert sandbox.inspect(wasm, name, abi, export) == expected
+
+
+@pytest.mark.parametrize(("wasm", "abi", "export"), [
+    (CALC, None, None),  # five exports, none named like the module
+    (CALC, None, "nosuch"),
+    (CALC, "wasi", None),  # no _start
+    (NOFUNC, None, None),
+    (b"", None, None),
+    (b"\0asm\1\0\0\0\xff", None, None),
+    (DOUBLE[:30], None, None),
+    (wasmtime.wat2wasm('(module (func (export "f") (param externref)))'), None, None),
+    pytest.param(wasmtime.wat2wasm('(module (import "env" "g" (func)) (func (export "f")))'),
+                 None, None, id="unresolvable-import"),  # could never be instantiated
+])
+def test_inspect_refuses(sandbox: Sandbox, wasm: bytes, abi: str | None,
+                         export: str | None) -> None:
+    with pytest.raises(InvalidModule):
+        sandbox.inspect(wasm, "calc", abi, export)
+
+
+def test_inspect_refuses_an_unknown_abi(sandbox: Sandbox) -> None:
+    with pytest.raises(BadRequest):
+        sandbox.inspect(DOUBLE, "double", "cgi", None)
+
+
+# ------------------------------------------------------------------------------ calls
+def test_direct_calls(sandbox: Sandbox) -> None:
+    assert call(sandbox, DOUBLE, "double", 21) == {"result": 42}
+    assert call(sandbox, DOUBLE, "double", args=[-4]) == {"result": -8}
+    assert call(sandbox, CALC, "c", args=[7, 2], export="divmod") == {"result": [3, 1]}
+    assert call(sandbox, CALC, "c", export="noparams") == {"result": 7}
+    assert call(sandbox, CALC, "c", args=[0.0], export="neg") == {"result": -0.0}
+    assert call(sandbox, JSONSTATS, "s", {"v": [1, 2]}) == {
+        "result": {"count": 2, "sum": 3, "min": 1, "max": 2}}
+
+
+def test_special_floats_come_back_as_strings(sandbox: Sandbox) -> None:
+    assert call(sandbox, CALC, "c", args=[1e308, 10], export="mulf") == {"result": "inf"}
+    assert call(sandbox, CALC, "c", args=[-1e308, 10], export="mulf") == {"result": "-inf"}
+
+
+def test_bad_arguments(sandbox: Sandbox) -> None:
+    with pytest.raises(InvalidArguments) as e:
+        call(sandbox, CALC, "c", args=[1], export="add")
+    assert e.value.details["signature"] == "(i64, i64) -> i64"
+    with pytest.raises(InvalidArguments):
+        call(sandbox, DOUBLE, "double", 2**32)
+    with pytest.raises(InvalidArguments):
+        call(sandbox, DOUBLE, "double", 0.5)
+    with pytest.raises(InvalidArguments):
+        call(sandbox, CALC, "c", args=[1e39], export="neg")  # does not fit f32
+
+
+def test_traps_and_timeouts(sandbox: Sandbox) -> None:
+    with pytest.raises(Trap) as e:
+        call(sandbox, RECURSE, "recurse", 0)
+    assert e.value.details["trap"] == "stack_overflow"
+    with pytest.raises(ExecTimeout):
+        call(sandbox, LOOP, "loop", limits=Limits(timeout_ms=50))
+    with pytest.raises(ExecTimeout) as t:
+        call(sandbox, LOOP, "loop", limits=Limits(fuel=1000, timeout_ms=5000))
+    assert t.value.details["fuel"] == 1000
+
+
+def test_effective_limits(sandbox: Sandbox) -> None:
+    assert sandbox.effective_limits(Limits()) == CFG.default_limits
+    assert sandbox.effective_limits(Limits(timeout_ms=5, fuel=0)) == Limits(
+        timeout_ms=5, memory_mb=64, fuel=0, max_output_bytes=1024 * 1024)
+    for bad in (Limits(timeout_ms=30_001), Limits(memory_mb=0), Limits(memory_mb=4096)):
+        with pytest.raises(LimitOutOfRange):
+            sandbox.effective_limits(bad)
+
+
+# ------------------------------------------------------------------------------ the cache
+def test_second_sandbox_loads_compiled_code_from_the_disk_cache(cache_dir: Path) -> None:
+    m = manifest(DOUBLE, "double", "export", "double")
+    first, second = Recorder(), Recorder()
+    sb1 = Sandbox(cache_dir, CFG.default_limits, CFG.max_limits, on_cache=first)
+    try:
+        c1 = sb1.load(m, lambda: DOUBLE)
+        assert sb1.call(m, lambda: DOUBLE, 21, None) == {"result": 42}
+    finally:
+        sb1.close()
+    assert first.outcomes == ["miss"]
+    assert c1.from_cache is False
+    cached = list(cache_dir.iterdir())
+    assert len(cached) == 1
+    assert cached[0].name.startswith(f"{m.sha256}.plain.")
+    assert cached[0].name.endswith(".cwasm")
+
+    def no_bytes() -> bytes:
+        raise AssertionError("a cache hit must not read the module bytes")
+
+    sb2 = Sandbox(cache_dir, CFG.default_limits, CFG.max_limits, on_cache=second)
+    try:
+        c2 = sb2.load(m, no_bytes)
+        assert c2.from_cache is True
+        assert sb2.call(m, no_bytes, 21, None) == {"result": 42}
+    finally:
+        sb2.close()
+    assert second.outcomes == ["hit"]
+
+
+def test_fuel_modules_have_their_own_cache_entry(cache_dir: Path) -> None:
+    rec = Recorder()
+    sb = Sandbox(cache_dir, CFG.default_limits, CFG.max_limits, on_cache=rec)
+    try:
+        plain = manifest(DOUBLE, "double", "export", "double")
+        fueled = manifest(DOUBLE, "double", "export", "double", Limits(fuel=1000))
+        assert sb.call(plain, lambda: DOUBLE, 1, None) == {"result": 2}
+        assert sb.call(fueled, lambda: DOUBLE, 1, None) == {"result": 2}
+    finally:
+        sb.close()
+    assert rec.outcomes == ["miss", "miss"]
+    assert sorted(p.name.split(".")[1] for p in cache_dir.iterdir()) == ["fuel", "plain"]
+
+
+def test_unusable_cache_file_is_recompiled(cache_dir: Path) -> None:
+    m = manifest(DOUBLE, "double", "export", "double")
+    sb1 = Sandbox(cache_dir, CFG.default_limits, CFG.max_limits)
+    try:
+        sb1.load(m, lambda: DOUBLE)
+    finally:
+        sb1.close()
+    (cached,) = cache_dir.iterdir()
+    cached.write_bytes(b"garbage, not a compiled module")
+    rec = Recorder()
+    sb2 = Sandbox(cache_dir, CFG.default_limits, CFG.max_limits, on_cache=rec)
+    try:
+        assert sb2.call(m, lambda: DOUBLE, 5, None) == {"result": 10}
+    finally:
+        sb2.close()
+    assert rec.outcomes == ["miss"]
+    assert cached.read_bytes() != b"garbage, not a compiled module"
+
+
+def test_unload_evicts_the_disk_cache(sandbox: Sandbox, cache_dir: Path) -> None:
+    m = manifest(DOUBLE, "double", "export", "double")
+    sandbox.load(m, lambda: DOUBLE)
+    assert len(list(cache_dir.iterdir())) == 1
+    sandbox.unload(m.sha256)
+    assert list(cache_dir.iterdir()) == []
+
+
+def test_cache_fingerprint_names_the_real_wasmtime_version() -> None:
+    # The compiled cache is keyed by the wasmtime version so that an upgrade never tries to
+    # load code compiled by another one.
+    assert importlib.metadata.version("wasmtime") == WASMTIME_VERSION
