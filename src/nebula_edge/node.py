@@ -34,6 +34,7 @@ from nebula_edge.metrics import Metrics
 from nebula_edge.sandbox import Sandbox
 from nebula_edge.store import ModuleStore
 from nebula_edge.store.fsutil import DirLock
+from nebula_edge.store.modules import sha256_hex
 
 if TYPE_CHECKING:
     from nebula_edge.net.service import MeshService
@@ -130,8 +131,9 @@ class Node:
         if name not in self.store.names() and len(self.store.names()) >= self.config.max_modules:
             raise PayloadTooLarge(f"this agent keeps at most {self.config.max_modules} modules")
         self.sandbox.effective_limits(limits)  # range check before any work
-        chosen_abi, chosen_export = self.sandbox.inspect(wasm, name, abi, export)
-        sha = self.store.put_blob(wasm)
+        sha = sha256_hex(wasm)
+        chosen_abi, chosen_export = self.sandbox.inspect(wasm, name, abi, export, sha)
+        self.store.put_blob(wasm, expect_sha=sha)
         try:
             m = self._new_manifest(name, sha, len(wasm), chosen_abi, chosen_export, limits)
             self.store.put_manifest(m)

@@ -65,15 +65,23 @@ class Sandbox:
             out[f.name] = want if want is not None else getattr(self.default_limits, f.name)
         return Limits(**out)
 
-    def inspect(self, wasm: bytes, name: str, abi: str | None, export: str | None
-                ) -> tuple[Abi, str | None]:
+    def inspect(self, wasm: bytes, name: str, abi: str | None, export: str | None,
+                sha256: str | None = None) -> tuple[Abi, str | None]:
         """Validate bytes and decide how the module is called. ``InvalidModule`` if it cannot
-        be called under the requested (or any) ABI. Never stores anything."""
+        be called under the requested (or any) ABI. Stores no module; with ``sha256``,
+        the compiled code goes to the cache for the first call."""
         if abi not in (None, "export", "wasi"):
             raise BadRequest(f"abi must be 'export' or 'wasi', not {abi!r}")
         if not wasm:
             raise InvalidModule("module is empty")
         module = self.engines.validate(wasm)
+        chosen = self._choose(module, name, abi, export)
+        if sha256 is not None:
+            self.engines.adopt(sha256, module)
+        return chosen
+
+    def _choose(self, module: Any, name: str, abi: str | None, export: str | None
+                ) -> tuple[Abi, str | None]:
         funcs = {e.name: e.type for e in module.exports if hasattr(e.type, "params")}
         has_start = "_start" in funcs
         if abi == "wasi" or (abi is None and export is None and name not in funcs and has_start):
