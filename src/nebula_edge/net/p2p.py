@@ -1,0 +1,499 @@
+"""The agent's libp2p host behind a thread-safe API: gossip, requests, liveness, restarts.
+
+Owns the one py-libp2p host of an agent. py-libp2p is trio-only while the data plane is
+asyncio, so :class:`P2PHost` runs the host in its own thread with its own ``trio.run``;
+``p2p_hardening.py`` is that trio side (the only libp2p importer) with the library's
+workarounds. ``publish``/``connect``/``request`` queue work and return at once
+(``concurrent.futures.Future`` for results); events come back through ``on_event``,
+called on the host thread, one at a time (keep it cheap: ``loop.call_soon_threadsafe``).
+
+**Supervisor.** If the trio run dies (any exception in it, or a libp2p service stopping
+by itself) the thread logs it and starts a new incarnation, same key and port, after
+0.5 s doubling to 10 s (jittered; back to 0.5 s after 30 s of health). Queued publishes
+and requests survive; calls in flight fail with ``PeerUnavailable``; every connected
+peer is reported lost and remembered peers are redialled.
+
+**Transport.** TCP + Noise + yamux, ed25519 identity kept at ``key_path``; gossipsub
+``/meshsub/1.2.0`` (1.1.0 accepted), strict signing, heartbeat ``heartbeat_s``. A host
+receives its own publishes: they are not delivered. Gossip payloads are capped at
+``max_message_size`` (64 KiB: bigger ones were corrupted in repeated runs while
+connections formed) when published and, by a topic validator, when received. Bytes go
+over request streams: raw streams carried 10 MiB in ~120 ms, while libp2p's
+``RequestResponse`` helper truncated a 10 MiB reply (so it is not used).
+
+**Request protocol** (each protocol id in ``handlers``), one request per stream::
+
+    request:  u32 big-endian N | N payload bytes
+    response: u32 big-endian N (N >= 1) | status byte | N-1 body bytes
+              status 0: ok, body = the handler's return value
+              status 1: error, body = utf-8 "ExceptionType: message" (<= 4 KiB)
+
+The server reads at most ``max_request_size`` bytes within 30 s, runs the handler in a
+worker thread (8 at once), answers and closes. The client resets the stream and fails
+with ``PayloadTooLarge`` on N - 1 > ``max_response``, ``PeerUnavailable`` otherwise.
+
+**Liveness.** ``/nebula-edge/ping/1.0.0``: every ``heartbeat_s`` each side writes 8
+random bytes on one long-lived stream and expects them back within ``heartbeat_s``;
+3 misses in a row close the peer's connections. A closed connection is lost at once; a
+frozen peer (no FIN) within ~4 heartbeats (measured 1.95 s at 0.5 s). Addresses given to
+``connect`` are remembered and redialled while the host runs: 0.5 s doubling to 10 s,
+jittered, forever.
+
+**py-libp2p 0.8.1 workarounds** (why and numbers: ``p2p_hardening``): class-level wraps
+of ``Pubsub.stream_handler`` and ``Pubsub.push_msg`` (a garbage frame or key killed the
+host); pubsub send and receive limits both 1 MiB; spam limit 500 msg/s per neighbour and
+topic (default 10: 10 of 100 back-to-back publishes arrived) with our publishes paced to
+100/s per topic after a burst of 50; outbound queue 256 and subscription buffer 1024
+(32 each dropped a burst of 50); ``Pubsub.counter`` from ``time.time_ns()`` (a restarted
+publisher's messages were dropped as seen); ``LastSeenCache`` thread stopped; every
+muxer closed when an incarnation ends; ``unblock_peer`` before redials (else refused
+for 60 s); AutoConnector off; the inbound-connection task leak fixed; adaptive gossip
+off (it stretches the heartbeat to 30-60 s).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import ipaddress
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from nebula_edge.errors import NebulaError, PeerUnavailable
+from nebula_edge.net import p2p_hardening as hardened
+from nebula_edge.net.p2p_hardening import Command, HostConfig, Incarnation
+
+__all__ = [
+    "PING_PROTOCOL",
+    "GossipMessage",
+    "P2PEvent",
+    "P2PHost",
+    "PeerConnected",
+    "PeerLost",
+    "RequestHandler",
+]
+
+logger = logging.getLogger(__name__)
+
+PING_PROTOCOL = hardened.PING_PROTOCOL
+_RESTART_INITIAL_S, _RESTART_MAX_S, _RESTART_HEALTHY_S = 0.5, 10.0, 30.0
+_MAX_QUEUED_PUBLISHES = 10_000
+_MAX_ADDRS_PER_PEER = 8
+
+
+@dataclass(frozen=True)
+class PeerConnected:
+    """A peer's first connection came up (either dial direction)."""
+
+    peer_id: str
+    addrs: tuple[str, ...]
+    """The addresses we dial it at; for a peer that dialled us, its remote address."""
+
+
+@dataclass(frozen=True)
+class PeerLost:
+    """A peer's last connection went down, or it missed 3 pings in a row."""
+
+    peer_id: str
+
+
+@dataclass(frozen=True)
+class GossipMessage:
+    """A gossip message; ``from_peer`` is its original, signature-checked publisher."""
+
+    topic: str
+    from_peer: str
+    data: bytes
+
+
+P2PEvent = PeerConnected | PeerLost | GossipMessage
+RequestHandler = Callable[[str, bytes], bytes]
+"""(peer_id, request) -> response. Runs in a worker thread; may block; may raise (the
+caller gets ``PeerUnavailable`` with "ExceptionType: message")."""
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The exception inside nested one-member exception groups (trio nurseries)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+class P2PHost:
+    """One libp2p host in its own trio thread, restarted by a supervisor if it dies.
+
+    Every public method and property is thread-safe. ``on_event`` is called on the host
+    thread, one event at a time; PeerConnected/PeerLost are deduplicated per peer.
+    """
+
+    def __init__(
+        self,
+        *,
+        key_path: Path,
+        listen_ip: str,
+        port: int,
+        advertise_ips: Sequence[str],
+        topics: Sequence[str],
+        on_event: Callable[[P2PEvent], None],
+        handlers: Mapping[str, RequestHandler],
+        max_message_size: int = 64 * 1024,
+        heartbeat_s: float = 1.0,
+        max_response_size: int = 80 * 1024 * 1024,
+        max_request_size: int = 1024 * 1024,
+    ) -> None:
+        listen = ipaddress.ip_address(listen_ip)
+        advertise = [ipaddress.ip_address(ip) for ip in advertise_ips] or [listen]
+        if any(ip.is_unspecified for ip in advertise):
+            raise ValueError("advertise_ips must be concrete (needed when listening on 0.0.0.0)")
+        reserved = {PING_PROTOCOL, *hardened.GOSSIP_PROTOCOLS}
+        for protocol in handlers:
+            if not protocol.startswith("/") or protocol in reserved:
+                raise ValueError(f"invalid or reserved protocol id: {protocol!r}")
+        if not 0 <= port <= 65535 or heartbeat_s <= 0:
+            raise ValueError(f"bad port {port} or heartbeat_s {heartbeat_s}")
+        if not 0 < max_message_size <= hardened.RPC_SIZE_LIMIT // 2:
+            raise ValueError(f"max_message_size must be in 1..{hardened.RPC_SIZE_LIMIT // 2}")
+        self._config = HostConfig(
+            listen_ip=str(listen),
+            advertise_ips=tuple(str(ip) for ip in advertise),
+            topics=tuple(dict.fromkeys(topics)),
+            handlers=dict(handlers),
+            heartbeat_s=heartbeat_s,
+            max_message_size=max_message_size,
+            max_request_size=max_request_size,
+            max_response_size=max_response_size,
+        )
+        self._key_path = key_path
+        self._on_event = on_event
+        self.max_message_size = max_message_size
+        self.max_response_size = max_response_size
+
+        self._lock = threading.Lock()  # guards everything below that is mutable
+        self._state = "new"  # -> running -> stopped
+        self._port = port
+        self._peer_id: str | None = None
+        self._thread: threading.Thread | None = None
+        self._stop_flag = threading.Event()
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self._inc: Incarnation | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._commands: deque[Command] = deque()
+        self._publishes: deque[tuple[str, bytes]] = deque()
+        self._connected: dict[str, list[str]] = {}
+        self._remembered: dict[str, list[str]] = {}
+        self._restarts = 0
+        self._dropped_publishes = 0
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def start(self, timeout: float = 15.0) -> None:
+        """Load or create the key, start the thread, return once listening. Thread-safe.
+
+        ``RuntimeError`` if the host cannot start (e.g. port in use), ``TimeoutError`` if
+        it is not listening within ``timeout`` s. A host starts once.
+        """
+        with self._lock:
+            if self._state != "new":
+                raise RuntimeError(f"P2PHost.start() on a {self._state} host")
+            self._state = "running"
+        key_pair, self._peer_id = hardened.load_or_create_identity(self._key_path)
+        self._thread = threading.Thread(
+            target=self._supervise,
+            args=(key_pair,),
+            name=f"p2p-{self._peer_id[-8:]}",
+            daemon=True,  # never holds up interpreter exit; stop() is the clean way
+        )
+        self._thread.start()
+        ready = self._ready.wait(timeout)
+        if not ready or self._start_error is not None:
+            self.stop()
+            if not ready:
+                raise TimeoutError(f"p2p host not listening after {timeout}s")
+            raise RuntimeError(f"p2p host failed to start: {self._start_error!r}") from (
+                self._start_error
+            )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Shut down cleanly and join the thread. Thread-safe, idempotent.
+
+        Pending and in-flight requests and connects fail with ``PeerUnavailable``;
+        ``TimeoutError`` if the thread has not ended within ``timeout`` s.
+        """
+        with self._lock:
+            already = self._state == "stopped"
+            self._state = "stopped"
+            self._stop_flag.set()
+            inc, token = self._inc, self._token
+        if already:
+            return
+        if inc is not None and token is not None:
+            self._poke(token, inc.shutdown.set)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                raise TimeoutError(f"p2p host thread still running after {timeout}s")
+        with self._lock:
+            commands, self._commands = list(self._commands), deque()
+            self._publishes.clear()
+        for cmd in commands:
+            hardened.fail(cmd.future, PeerUnavailable("p2p host stopped"))
+
+    # --- state ------------------------------------------------------------------------
+
+    @property
+    def peer_id(self) -> str:
+        """This host's peer id (base58), known once started. Thread-safe."""
+        if self._peer_id is None:
+            raise RuntimeError("the peer id is known once the host has started")
+        return self._peer_id
+
+    @property
+    def addrs(self) -> list[str]:
+        """One ``/ip4/<advertise ip>/tcp/<port>/p2p/<id>`` per advertise IP. Thread-safe."""
+        peer_id = self.peer_id
+        with self._lock:
+            port = self._port
+        return [
+            f"{hardened.tcp_maddr(ip, port)}/p2p/{peer_id}" for ip in self._config.advertise_ips
+        ]
+
+    @property
+    def restarts(self) -> int:
+        """How often the supervisor restarted the trio side. Thread-safe."""
+        with self._lock:
+            return self._restarts
+
+    @property
+    def dropped_publishes(self) -> int:
+        """Publishes dropped because 10,000 were already queued. Thread-safe."""
+        with self._lock:
+            return self._dropped_publishes
+
+    def connected_peers(self) -> dict[str, list[str]]:
+        """Snapshot: connected peer id -> addresses (a peer that dialled us: its listen
+        addresses once identified, its remote address before). Thread-safe."""
+        with self._lock:
+            return {peer: list(addrs) for peer, addrs in self._connected.items()}
+
+    # --- operations -------------------------------------------------------------------
+
+    def publish(self, topic: str, data: bytes) -> None:
+        """Queue ``data`` for gossip on ``topic``. Thread-safe, non-blocking.
+
+        ``ValueError`` above ``max_message_size``. Sent in order, paced to 100/s per
+        topic after a burst of 50; past 10,000 queued the oldest is dropped.
+        """
+        if len(data) > self.max_message_size or not topic:
+            raise ValueError(f"empty topic or {len(data)} bytes > {self.max_message_size}")
+        with self._lock:
+            if self._state == "stopped":
+                raise RuntimeError("P2PHost is stopped")
+            if len(self._publishes) >= _MAX_QUEUED_PUBLISHES:
+                self._publishes.popleft()
+                self._dropped_publishes += 1
+            self._publishes.append((topic, bytes(data)))
+            inc, token = self._inc, self._token
+        if inc is not None and token is not None:
+            self._poke(token, inc.notify)
+
+    def connect(self, multiaddr: str) -> concurrent.futures.Future[str]:
+        """Dial ``multiaddr`` (ending ``/p2p/<id>``); the future gives the peer id.
+
+        Thread-safe, never raises. The address is remembered: while the host runs, the
+        peer is redialled whenever it is lost, even if this attempt fails (the future then
+        fails with ``PeerUnavailable``). A malformed address, or our own, fails the future
+        with ``ValueError`` (addresses often come from the network, e.g. mDNS).
+        """
+        fut: concurrent.futures.Future[str] = concurrent.futures.Future()
+        try:
+            peer = hardened.peer_id_of(multiaddr)
+            if peer == self._peer_id:
+                raise ValueError("cannot connect to self")
+        except ValueError as exc:
+            fut.set_exception(exc)
+            return fut
+        with self._lock:
+            addrs = self._remembered.setdefault(peer, [])
+            if multiaddr not in addrs:
+                addrs.append(multiaddr)
+                del addrs[:-_MAX_ADDRS_PER_PEER]
+
+        async def run(inc: Incarnation) -> None:
+            await inc.connect(peer, fut)
+
+        self._submit(Command(fut, run))
+        return fut
+
+    def request(
+        self,
+        peer_id: str,
+        protocol: str,
+        payload: bytes,
+        *,
+        timeout: float = 30.0,
+        max_response: int | None = None,
+    ) -> concurrent.futures.Future[bytes]:
+        """Send one framed request; the future gives the response body. Thread-safe.
+
+        Fails with ``PeerUnavailable`` (unreachable, remote error, no answer within
+        ``timeout`` s) or ``PayloadTooLarge`` (body above ``max_response``, by default
+        ``max_response_size``).
+        """
+        limit = self.max_response_size if max_response is None else max_response
+        fut: concurrent.futures.Future[bytes] = concurrent.futures.Future()
+        deadline = time.monotonic() + timeout
+        data = bytes(payload)
+
+        async def run(inc: Incarnation) -> None:
+            remaining = max(0.0, deadline - time.monotonic())
+            try:
+                hardened.resolve(fut, await inc.request(peer_id, protocol, data, remaining, limit))
+            except NebulaError as exc:
+                hardened.fail(fut, exc)
+
+        self._submit(Command(fut, run, deadline))
+        return fut
+
+    def _inject_failure(self) -> None:
+        """Test hook: make the running trio side raise, as a crash would."""
+
+        async def run(inc: Incarnation) -> None:
+            inc.crash(RuntimeError("injected failure (test hook)"))
+            hardened.resolve(fut, None)
+
+        fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._submit(Command(fut, run))
+
+    def _send_raw(
+        self, peer_id: str, protocol: str, chunks: Sequence[bytes]
+    ) -> concurrent.futures.Future[None]:
+        """Test hook: open a stream on ``protocol`` and write ``chunks`` verbatim."""
+        fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        async def run(inc: Incarnation) -> None:
+            await inc.send_raw(peer_id, protocol, chunks)
+            hardened.resolve(fut, None)
+
+        self._submit(Command(fut, run, time.monotonic() + 10.0))
+        return fut
+
+    # --- plumbing: the Owner protocol of p2p_hardening (called on the host thread) ---
+
+    @staticmethod
+    def _poke(token: trio.lowlevel.TrioToken, fn: Callable[[], object]) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(fn)
+
+    def _submit(self, cmd: Command) -> None:
+        with self._lock:
+            if self._state == "stopped":
+                hardened.fail(cmd.future, PeerUnavailable("p2p host stopped"))
+                return
+            self._commands.append(cmd)
+            inc, token = self._inc, self._token
+        if inc is not None and token is not None:
+            self._poke(token, inc.notify)
+
+    def _next_command(self) -> Command | None:
+        with self._lock:
+            return self._commands.popleft() if self._commands else None
+
+    def _next_publish(self) -> tuple[str, bytes] | None:
+        with self._lock:
+            return self._publishes.popleft() if self._publishes else None
+
+    def _remembered_addrs(self, peer: str) -> list[str]:
+        with self._lock:
+            return list(self._remembered.get(peer, ()))
+
+    def _remembered_peers(self) -> list[str]:
+        with self._lock:
+            return list(self._remembered)
+
+    def _emit(self, event: P2PEvent) -> None:
+        try:
+            self._on_event(event)
+        except Exception:
+            logger.exception("p2p: on_event raised for %r", event)
+
+    def _peer_up(self, peer: str, addrs: list[str]) -> None:
+        with self._lock:
+            self._connected[peer] = addrs
+        self._emit(PeerConnected(peer, tuple(addrs)))
+
+    def _peer_down(self, peer: str) -> None:
+        with self._lock:
+            self._connected.pop(peer, None)
+        self._emit(PeerLost(peer))
+
+    def _peer_addrs(self, peer: str, addrs: list[str]) -> None:
+        with self._lock:
+            if peer in self._connected:
+                self._connected[peer] = addrs
+
+    def _gossip(self, topic: str, publisher: str, data: bytes) -> None:
+        self._emit(GossipMessage(topic, publisher, data))
+
+    def _on_listening(self, inc: Incarnation, port: int) -> None:
+        with self._lock:
+            self._port, self._inc = port, inc
+            self._token = trio.lowlevel.current_trio_token()
+            stopping = self._stop_flag.is_set()
+        self._ready.set()
+        if stopping:
+            inc.shutdown.set()
+
+    def _expire_commands(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            expired = [c for c in self._commands if c.deadline is not None and c.deadline < now]
+            for cmd in expired:
+                self._commands.remove(cmd)
+        for cmd in expired:
+            hardened.fail(cmd.future, PeerUnavailable("request timed out: p2p host restarting"))
+
+    async def _incarnation(self, key_pair: Any, port: int) -> None:
+        await Incarnation(self, self._config, key_pair, self.peer_id, port).run()
+
+    def _supervise(self, key_pair: Any) -> None:
+        """The host thread: run incarnations until stopped, with backoff between them."""
+        backoff = _RESTART_INITIAL_S
+        while not self._stop_flag.is_set():
+            began, error = time.monotonic(), None
+            with self._lock:
+                port = self._port
+            try:
+                trio.run(self._incarnation, key_pair, port)
+            except Exception as exc:
+                error = _root_cause(exc)
+            finally:
+                with self._lock:
+                    self._inc = self._token = None
+                    lost = list(self._connected)
+                for peer in lost:
+                    self._peer_down(peer)
+            if not self._ready.is_set():  # never listened: start() reports it
+                self._start_error = error or RuntimeError("exited before listening")
+                self._ready.set()
+                return
+            if self._stop_flag.is_set():
+                return
+            if time.monotonic() - began > _RESTART_HEALTHY_S:
+                backoff = _RESTART_INITIAL_S
+            delay, backoff = hardened.jitter(backoff), min(backoff * 2, _RESTART_MAX_S)
+            with self._lock:
+                self._restarts += 1
+            logger.error("p2p host crashed; restarting in %.1fs", delay, exc_info=error or True)
+            resume = time.monotonic() + delay
+            while time.monotonic() < resume and not self._stop_flag.wait(0.1):
+                self._expire_commands()

@@ -1,0 +1,516 @@
+"""The mesh, running: libp2p host + mDNS + sync + fetches + exec forwarding, on asyncio.
+
+This is the shell around the sans-IO decisions in ``mesh/``: it turns libp2p events
+(from the host's own trio thread, handed over with ``call_soon_threadsafe``) and mDNS
+discoveries into store changes, and local changes into gossip.
+
+* **Announce**: a deploy, rollback or delete is published on ``TOPIC`` (small modules
+  inline). A receiver verifies the message, then the bytes (sha256, size, compiles with
+  the manifest's ABI and export) before storing anything.
+* **Fetch**: bytes not inline are pulled over ``BLOB_PROTOCOL`` from the announcer, else
+  any peer known to hold them, retried from the next with backoff; at most
+  ``FETCH_CONCURRENCY`` at once; one fetch per sha256 however many manifests name it.
+* **Sync**: on every new connection and every ``sync_interval_s``, digests are compared
+  and differing sets exchanged (``mesh/state.py``): an agent that starts late, restarts
+  or was cut off converges without anyone deploying again.
+* **Exec anywhere**: ``obtain`` waits (bounded) for a module being fetched, syncing
+  first if nobody announced it; ``forward`` sends the call over HTTP to a peer that
+  holds it (at most one hop: a forwarded call is never forwarded again).
+
+Coroutines run on the node's event loop; the request handlers (``_serve_*``) run on the
+libp2p thread's workers and only read the store, which is thread-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import aiohttp
+
+from nebula_edge import __version__
+from nebula_edge.config import EdgeConfig
+from nebula_edge.errors import BadRequest, ModuleNotFound, NebulaError, PeerUnavailable
+from nebula_edge.manifest import Manifest, Tombstone
+from nebula_edge.mesh import wire
+from nebula_edge.mesh.state import PeerTable, digest, newest_first
+from nebula_edge.metrics import Metrics
+from nebula_edge.net.mdns import DiscoveredPeer, MdnsService, interface_ips
+from nebula_edge.net.p2p import GossipMessage, P2PEvent, P2PHost, PeerConnected, PeerLost
+from nebula_edge.sandbox import Sandbox
+from nebula_edge.store import ModuleStore
+from nebula_edge.store.modules import sha256_hex
+
+log = logging.getLogger(__name__)
+
+FETCH_CONCURRENCY = 4
+FETCH_ROUNDS = 6
+"""Rounds over all holders before a fetch gives up until the next sync (~30 s with backoff)."""
+FORWARDED_HEADER = "X-Nebula-Forwarded"
+
+
+class MeshService:
+    def __init__(
+        self, config: EdgeConfig, store: ModuleStore, sandbox: Sandbox, metrics: Metrics
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.sandbox = sandbox
+        self.metrics = metrics
+        self.table = PeerTable()
+        self._names: dict[str, set[str]] = {}
+        """peer id -> module names it holds (from its sync answers and announcements)."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._events: asyncio.Queue[P2PEvent] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._fetching: dict[str, asyncio.Task[bool]] = {}
+        self._waiting: dict[str, list[Manifest]] = {}
+        self._fetch_sem = asyncio.Semaphore(FETCH_CONCURRENCY)
+        self._last_dial: dict[str, float] = {}
+        self._http: aiohttp.ClientSession | None = None
+        self.mdns: MdnsService | None = None
+        ips = list(config.advertise) or interface_ips(list(config.mdns_interfaces) or None)
+        if config.bind not in ("0.0.0.0", "::", ""):
+            ips = [config.bind]
+        self.advertise_ips = ips
+        self.p2p = P2PHost(
+            key_path=config.state_dir / "identity.key",
+            listen_ip=config.bind if config.bind not in ("", "::") else "0.0.0.0",
+            port=config.effective_p2p_port,
+            advertise_ips=ips,
+            topics=[wire.TOPIC],
+            on_event=self._on_event,
+            handlers={
+                wire.BLOB_PROTOCOL: self._serve_blob,
+                wire.SYNC_PROTOCOL: self._serve_sync,
+                wire.INFO_PROTOCOL: self._serve_info,
+            },
+            heartbeat_s=config.heartbeat_s,
+        )
+
+    @property
+    def peer_id(self) -> str:
+        return str(self.p2p.peer_id)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._loop.run_in_executor(None, self.p2p.start)
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=35))
+        log.info("mesh: peer %s on %s", self.peer_id, ", ".join(self.p2p.addrs))
+        self._spawn(self._event_loop())
+        self._spawn(self._sync_loop())
+        for addr in self.config.peers:
+            self._dial(addr)
+        if self.config.mdns:
+            # mDNS registration probes for ~1.7 s: do not hold up the HTTP server for it.
+            self._spawn(self._start_mdns())
+
+    async def _start_mdns(self) -> None:
+        try:
+            mdns = MdnsService(
+                instance_name=f"edge-{self.peer_id[-12:]}-{self.config.port}",
+                http_port=self.config.port,
+                peer_id=self.peer_id,
+                p2p_addrs=self.p2p.addrs,
+                version=__version__,
+                interfaces=list(self.config.mdns_interfaces) or None,
+                advertise_ips=self.advertise_ips,
+                on_found=self._on_found,
+                reannounce_s=self.config.reannounce_s,
+            )
+            await mdns.start()
+            self.mdns = mdns
+        except Exception as e:
+            log.error("mDNS discovery is off: %s (peers can still be given with -peer)", e)
+
+    async def stop(self) -> None:
+        if self.mdns is not None:
+            with contextlib.suppress(Exception):
+                await self.mdns.stop()
+        for t in list(self._tasks) + list(self._fetching.values()):
+            t.cancel()
+        await asyncio.gather(*self._tasks, *self._fetching.values(), return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.p2p.stop)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        t: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+        return t
+
+    # ------------------------------------------------------------------ events in
+    def _on_event(self, ev: P2PEvent) -> None:
+        """Called on the libp2p thread: hand the event to the event loop."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._events.put_nowait, ev)
+
+    async def _event_loop(self) -> None:
+        while True:
+            ev = await self._events.get()
+            try:
+                if isinstance(ev, PeerConnected):
+                    await self._peer_connected(ev)
+                elif isinstance(ev, PeerLost):
+                    if self.table.lost(ev.peer_id):
+                        self._names.pop(ev.peer_id, None)
+                        log.info("peer lost: %s", ev.peer_id)
+                    self.metrics.peers.set(len(self.table.connected_peers()))
+                elif isinstance(ev, GossipMessage):
+                    await self._gossip(ev.from_peer, ev.data)
+            except Exception:
+                log.exception("mesh: error handling %s", type(ev).__name__)
+
+    async def _peer_connected(self, ev: PeerConnected) -> None:
+        if self.table.connected(ev.peer_id, ev.addrs, time.time()):
+            log.info("peer joined: %s (%s)", ev.peer_id, ", ".join(ev.addrs[:2]))
+        self.metrics.peers.set(len(self.table.connected_peers()))
+        self._spawn(self._learn_info(ev.peer_id))
+        self._spawn(self._sync_with(ev.peer_id))
+
+    def _on_found(self, peer: DiscoveredPeer) -> None:
+        if peer.peer_id == self.peer_id:
+            return
+        self.table.discovered(peer.peer_id, peer.p2p_addrs, peer.http_url, peer.version)
+        if self.table.is_connected(peer.peer_id) or not peer.p2p_addrs:
+            return
+        now = time.monotonic()
+        if now - self._last_dial.get(peer.peer_id, 0.0) < 2.0:
+            return
+        self._last_dial[peer.peer_id] = now
+        for addr in peer.p2p_addrs:
+            self._dial(addr)
+
+    def _dial(self, addr: str) -> None:
+        fut = self.p2p.connect(addr)
+
+        def done(f: Any) -> None:
+            if f.cancelled() or f.exception() is not None:
+                log.debug("dial %s failed: %s", addr, None if f.cancelled() else f.exception())
+
+        fut.add_done_callback(done)
+
+    async def _request(
+        self, peer: str, protocol: str, payload: bytes, timeout: float, max_response: int
+    ) -> bytes:
+        fut = self.p2p.request(peer, protocol, payload, timeout=timeout, max_response=max_response)
+        return await asyncio.wait_for(asyncio.wrap_future(fut), timeout + 1)
+
+    async def _learn_info(self, peer: str) -> None:
+        rec = self.table.get(peer)
+        if rec is not None and rec.http_url:
+            return
+        try:
+            info = wire.decode_info(await self._request(peer, wire.INFO_PROTOCOL, b"", 10, 4096))
+        except (TimeoutError, NebulaError, OSError, Exception) as e:
+            log.debug("info from %s failed: %s", peer, e)
+            return
+        rec = self.table.get(peer)
+        ip = _ip_of(rec.addrs) if rec is not None else None
+        if ip is not None:
+            self.table.discovered(peer, (), f"http://{ip}:{info.http_port}", info.version)
+
+    # ------------------------------------------------------------------ gossip
+    def announce(self, rec: Manifest | Tombstone) -> None:
+        """Publish a local change. Never raises: catch-up sync repairs a lost publish."""
+        try:
+            if isinstance(rec, Tombstone):
+                msg: wire.GossipMessage = wire.Delete(rec)
+            else:
+                wasm = self.store.read_blob(rec.sha256) if rec.size <= wire.INLINE_MAX else None
+                msg = wire.announce_for(rec, wasm)
+            self.p2p.publish(wire.TOPIC, wire.encode_gossip(msg))
+        except Exception as e:
+            log.warning("mesh: publish of %s failed (sync will repair): %s", rec.name, e)
+
+    def _reject(self, reason: str, peer: str, detail: object) -> None:
+        self.metrics.gossip_rejected_total.labels(reason).inc()
+        log.warning("rejected message from %s (%s): %s", peer, reason, detail)
+
+    async def _gossip(self, peer: str, data: bytes) -> None:
+        try:
+            msg = wire.decode_gossip(data)
+        except BadRequest as e:
+            self._reject("malformed", peer, e.message)
+            return
+        if isinstance(msg, wire.Delete):
+            await self._apply_tombstone(msg.tombstone)
+            return
+        m = msg.manifest
+        self._names.setdefault(peer, set()).add(m.name)
+        self.table.add_holding(peer, m.sha256)
+        if not self.store.wants(m):
+            return
+        if msg.wasm is not None:
+            if sha256_hex(msg.wasm) != m.sha256:
+                self._reject("hash_mismatch", peer, f"{m.name} inline bytes")
+                return
+            await self._accept([m], msg.wasm, "gossip", peer)
+        else:
+            self._start_fetch(m, prefer=peer)
+
+    async def _apply_tombstone(self, t: Tombstone) -> None:
+        loop = asyncio.get_running_loop()
+        if await loop.run_in_executor(None, self.store.put_tombstone, t):
+            log.info("module deleted by the mesh: %s", t.name)
+            self.metrics.modules.set(len(self.store.names()))
+
+    async def _accept(self, ms: list[Manifest], data: bytes | None, how: str, peer: str) -> bool:
+        """Verify and store versions that share one blob, whose bytes are ``data`` (or are
+        already stored). The blob is stored even if every manifest is already known: that
+        is how a quarantined blob is replaced."""
+        if not ms:
+            return False
+        loop = asyncio.get_running_loop()
+        try:
+            added = await loop.run_in_executor(None, self._accept_sync, ms, data)
+        except NebulaError as e:
+            m = ms[0]
+            self._reject("invalid_module", peer, f"{m.name} v{m.version}: {e.message}")
+            return False
+        for m in added:
+            log.info(
+                "module received: %s v%d (%s, %d bytes, via %s from %s)",
+                m.name,
+                m.version,
+                m.sha256[:12],
+                m.size,
+                how,
+                peer,
+            )
+            self.metrics.deploys_total.labels("peer").inc()
+        self.metrics.modules.set(len(self.store.names()))
+        return bool(added)
+
+    def _accept_sync(self, ms: list[Manifest], data: bytes | None) -> list[Manifest]:
+        sha = ms[0].sha256
+        pinned = False
+        if data is not None and not self.store.has_blob(sha):
+            if len(data) != ms[0].size:
+                raise BadRequest(f"{len(data)} bytes, manifest says {ms[0].size}")
+            self.sandbox.admit(ms[0], data)
+            self.store.put_blob(data, expect_sha=sha)
+            pinned = True
+        try:
+            return [m for m in ms if self.store.put_manifest(m)]
+        finally:
+            if pinned:
+                self.store.unpin(sha)
+
+    # ------------------------------------------------------------------ fetch
+    def _start_fetch(self, m: Manifest, prefer: str | None) -> asyncio.Task[bool]:
+        waiting = self._waiting.setdefault(m.sha256, [])
+        if all(w.key != m.key for w in waiting):
+            waiting.append(m)
+        task = self._fetching.get(m.sha256)
+        if task is None:
+            task = asyncio.ensure_future(self._fetch(m, prefer))
+            self._fetching[m.sha256] = task
+            sha = m.sha256
+            task.add_done_callback(lambda _t: self._fetching.pop(sha, None))
+        return task
+
+    async def _fetch(self, m: Manifest, prefer: str | None) -> bool:
+        sha = m.sha256
+        try:
+            if self.store.has_blob(sha) and not self.store.is_corrupt(sha):
+                return await self._settle(sha, None, "store", "self")
+            async with self._fetch_sem:
+                for round_ in range(FETCH_ROUNDS):
+                    candidates = self.table.holders(sha, prefer) or (
+                        [prefer]
+                        if prefer and self.table.is_connected(prefer)
+                        else [r.peer_id for r in self.table.connected_peers()]
+                    )
+                    for peer in candidates:
+                        data = await self._fetch_from(peer, m)
+                        if data is not None:
+                            return await self._settle(sha, data, "fetch", peer)
+                    await asyncio.sleep(min(8.0, 0.25 * 2**round_) * (0.5 + random.random()))
+            log.warning("fetch of %s (%s) gave up for now; sync will retry", m.name, sha[:12])
+            self.metrics.fetch_total.labels("gave_up").inc()
+            return False
+        finally:
+            self._waiting.pop(sha, None)
+
+    async def _fetch_from(self, peer: str, m: Manifest) -> bytes | None:
+        timeout = 10 + m.size / (5 * 1024 * 1024)  # >= 5 MiB/s, as loopback does 80 MiB/s
+        try:
+            data = await self._request(peer, wire.BLOB_PROTOCOL, m.sha256.encode(), timeout, m.size)
+        except Exception as e:
+            self.metrics.fetch_total.labels("error").inc()
+            log.info("fetch %s from %s failed: %s", m.sha256[:12], peer, e or type(e).__name__)
+            return None
+        if len(data) != m.size or sha256_hex(data) != m.sha256:
+            self.metrics.fetch_total.labels("bad_hash").inc()
+            self._reject("hash_mismatch", peer, f"fetched bytes for {m.sha256[:12]}")
+            return None
+        self.metrics.fetch_total.labels("ok").inc()
+        return data
+
+    async def _settle(self, sha: str, data: bytes | None, how: str, peer: str) -> bool:
+        return await self._accept(newest_first(self._waiting.get(sha, [])), data, how, peer)
+
+    def blob_lost(self, m: Manifest) -> None:
+        """Thread-safe. A local blob failed verification: fetch a good copy from a peer."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._start_fetch, m, None)
+
+    # ------------------------------------------------------------------ sync
+    def _digest(self) -> str:
+        return digest(self.store.all_manifests(), self.store.tombstones())
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sync_interval_s * (0.75 + random.random() / 2))
+            for rec in self.table.connected_peers():
+                self._spawn(self._sync_with(rec.peer_id))
+
+    async def _sync_with(self, peer: str) -> None:
+        req = wire.encode_sync_request(wire.SyncRequest(self._digest()))
+        try:
+            data = await self._request(peer, wire.SYNC_PROTOCOL, req, 15, wire.MAX_SYNC_RESPONSE)
+            resp = wire.decode_sync_response(data)
+        except BadRequest as e:
+            self._reject("malformed_sync", peer, e.message)
+            return
+        except Exception as e:
+            log.debug("sync with %s failed: %s", peer, e)
+            return
+        if resp.manifests is None:
+            return
+        self.table.set_holdings(peer, {m.sha256 for m in resp.manifests})
+        self._names[peer] = {m.name for m in resp.manifests}
+        for t in resp.tombstones:
+            await self._apply_tombstone(t)
+        for m in newest_first(resp.manifests):
+            if self.store.wants(m):
+                self._start_fetch(m, prefer=peer)
+
+    # ------------------------------------------------------------------ serving peers
+    def _serve_blob(self, peer: str, request: bytes) -> bytes:
+        sha = request.decode("ascii", "replace").strip()
+        if not self.store.has_blob(sha):
+            raise ModuleNotFound(f"no blob {sha[:16]}")
+        return self.store.read_blob(sha)
+
+    def _serve_sync(self, peer: str, request: bytes) -> bytes:
+        req = wire.decode_sync_request(request)
+        mine = self._digest()
+        if req.digest == mine:
+            return wire.encode_sync_response(wire.SyncResponse(mine, None))
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            # They differ from us: pull their side too, without waiting for our timer.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(lambda: self._spawn(self._sync_with(peer)))
+        return wire.encode_sync_response(
+            wire.SyncResponse(
+                mine, tuple(self.store.all_manifests()), tuple(self.store.tombstones())
+            )
+        )
+
+    def _serve_info(self, peer: str, request: bytes) -> bytes:
+        return wire.encode_info(wire.PeerInfo(self.config.port, __version__))
+
+    # ------------------------------------------------------------------ exec anywhere
+    async def obtain(self, name: str) -> Manifest | None:
+        """The local current version of ``name``, waiting up to ``fetch_wait_s`` for bytes
+        on their way (after asking every peer, if nobody announced the module)."""
+        deadline = time.monotonic() + self.config.fetch_wait_s
+        pending = [
+            t
+            for sha, t in self._fetching.items()
+            if any(m.name == name for m in self._waiting.get(sha, []))
+        ]
+        if not pending:
+            peers = [r.peer_id for r in self.table.connected_peers()]
+            if peers:
+                await asyncio.wait(
+                    [asyncio.ensure_future(self._sync_with(p)) for p in peers],
+                    timeout=min(3.0, self.config.fetch_wait_s),
+                )
+            pending = [
+                t
+                for sha, t in self._fetching.items()
+                if any(m.name == name for m in self._waiting.get(sha, []))
+            ]
+        if pending:
+            await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+        return self.store.current(name)
+
+    async def forward(self, name: str, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """Run the call on a peer that holds ``name``; one hop at most."""
+        assert self._http is not None
+        urls = [
+            (r.peer_id, r.http_url)
+            for r in self.table.connected_peers()
+            if r.http_url and name in self._names.get(r.peer_id, set())
+        ]
+        if not urls:
+            raise ModuleNotFound(
+                f"no module named {name!r} on this agent or its "
+                f"{len(self.table.connected_peers())} peer(s)"
+            )
+        last: Exception | None = None
+        for peer, url in urls:
+            try:
+                async with self._http.post(
+                    f"{url}/exec",
+                    data=json.dumps(body),
+                    headers={FORWARDED_HEADER: self.peer_id, "Content-Type": "application/json"},
+                ) as r:
+                    payload = await r.json(content_type=None)
+                    if r.status == 404:
+                        continue
+                    if r.status >= 400:
+                        err = payload.get("error", {}) if isinstance(payload, dict) else {}
+                        e = NebulaError(err.get("message", f"peer answered {r.status}"))
+                        e.code, e.status = err.get("code", "peer_error"), r.status
+                        raise e
+                    return payload, r.headers.get("X-Nebula-Peer", peer)
+            except (TimeoutError, aiohttp.ClientError, ValueError) as e:
+                last = e
+                log.info("forward of %s to %s failed: %s", name, peer, e)
+        if last is not None:
+            raise PeerUnavailable(f"peers holding {name!r} could not be reached: {last}")
+        raise ModuleNotFound(f"no module named {name!r} on this agent or its peers")
+
+    # ------------------------------------------------------------------ views
+    def holders(self, m: Manifest) -> int:
+        """Agents (this one included) known to hold this version's bytes."""
+        return 1 + len(self.table.holders(m.sha256))
+
+    def peers(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "peer_id": r.peer_id,
+                "addrs": list(r.addrs),
+                "http_url": r.http_url,
+                "connected_since": r.connected_since,
+                "version": r.version,
+                "modules": len(self._names.get(r.peer_id, set())),
+            }
+            for r in sorted(self.table.connected_peers(), key=lambda r: r.peer_id)
+        ]
+
+
+def _ip_of(addrs: tuple[str, ...]) -> str | None:
+    for a in addrs:
+        parts = a.split("/")
+        if len(parts) > 2 and parts[1] in ("ip4", "ip6") and parts[2] not in ("0.0.0.0", "::"):
+            return parts[2] if parts[1] == "ip4" else f"[{parts[2]}]"
+    return None
