@@ -111,8 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if cfg.log_level != "debug":
-        for noisy in ("libp2p", "multiaddr", "zeroconf", "async_service"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+        # py-libp2p logs an ERROR for every failed redial of a peer that is down; our own
+        # mesh log says what matters (peer lost / joined). -log-level debug shows it all.
+        for noisy in ("libp2p", "multiaddr", "async_service"):
+            logging.getLogger(noisy).setLevel(logging.CRITICAL)
+        logging.getLogger("zeroconf").setLevel(logging.WARNING)
     try:
         import uvloop
 

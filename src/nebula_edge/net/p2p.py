@@ -43,12 +43,12 @@ jittered, forever.
 of ``Pubsub.stream_handler`` and ``Pubsub.push_msg`` (a garbage frame or key killed the
 host); pubsub send and receive limits both 1 MiB; spam limit 500 msg/s per neighbour and
 topic (default 10: 10 of 100 back-to-back publishes arrived) with our publishes paced to
-100/s per topic after a burst of 50; outbound queue 256 and subscription buffer 1024
-(32 each dropped a burst of 50); ``Pubsub.counter`` from ``time.time_ns()`` (a restarted
-publisher's messages were dropped as seen); ``LastSeenCache`` thread stopped; every
-muxer closed when an incarnation ends; ``unblock_peer`` before redials (else refused
-for 60 s); AutoConnector off; the inbound-connection task leak fixed; adaptive gossip
-off (it stretches the heartbeat to 30-60 s).
+100/s per topic after a burst of 50; outbound queue 256 and subscription buffer 1024 (at
+32 each, part of a burst of 50 was lost); ``Pubsub.counter`` from ``time.time_ns()`` (a
+restarted publisher's messages were dropped as seen); ``LastSeenCache`` thread stopped;
+listeners, then every muxer, closed when an incarnation ends; ``unblock_peer`` before
+redials (else refused for 60 s); AutoConnector off; the inbound-connection task leak
+fixed; adaptive gossip off (it stretches the heartbeat to 30-60 s).
 """
 
 from __future__ import annotations
@@ -385,6 +385,20 @@ class P2PHost:
             hardened.resolve(fut, None)
 
         self._submit(Command(fut, run, time.monotonic() + 10.0))
+        return fut
+
+    def _trio_task_count(self) -> concurrent.futures.Future[int]:
+        """Test hook: how many tasks the running trio side has."""
+        fut: concurrent.futures.Future[int] = concurrent.futures.Future()
+
+        async def run(inc: Incarnation) -> None:
+            tasks, count = [trio.lowlevel.current_root_task()], 0
+            while tasks and count < 100_000:
+                count += 1
+                tasks.extend(t for n in tasks.pop().child_nurseries for t in n.child_tasks)
+            hardened.resolve(fut, count)
+
+        self._submit(Command(fut, run))
         return fut
 
     # --- plumbing: the Owner protocol of p2p_hardening (called on the host thread) ---

@@ -2,8 +2,8 @@
 
 The only module that imports libp2p. ``p2p.py`` owns the thread, the supervisor and the
 thread-safe API; it runs :class:`Incarnation` in ``trio.run`` and restarts it if it dies.
-Nothing here is thread-safe: everything runs on the host's trio thread. Workarounds,
-each measured (``/work/shared/notes/dependencies.md``, "py-libp2p 0.8.1"):
+Apart from the module-level functions (thread-safe), everything here runs on the host's
+trio thread. Workarounds, each measured (``/work/shared/notes/dependencies.md``):
 
 * **Malformed input killed the host.** ``Pubsub.stream_handler`` catches only
   StreamError/ParseError/IncompleteReadError, so a ``DecodeError`` from a garbage frame
@@ -18,14 +18,16 @@ each measured (``/work/shared/notes/dependencies.md``, "py-libp2p 0.8.1"):
   receiver a DecodeError): both :data:`RPC_SIZE_LIMIT`. Gossip payloads stay <= 64 KiB.
 * **Bursts.** Spam limit default 10 msg/s per neighbour and topic (also applied to our
   own publishes): 10 of 100 back-to-back publishes arrived; 500 here (``p2p.py`` paces
-  publishes to 100/s). Outbound queue and subscription buffer (32 each) dropped bursts
-  of 50: :data:`OUTBOUND_QUEUE_LEN`, :data:`SUBSCRIPTION_BUFFER`. Adaptive gossip off:
-  it stretches a small mesh's heartbeat to 30-60 s.
+  publishes to 100/s). The per-peer outbound queue (32 RPCs) silently lost part of a
+  burst of 50 in 3 of 3 runs and the 32-message subscription buffer logged drops:
+  :data:`OUTBOUND_QUEUE_LEN`, :data:`SUBSCRIPTION_BUFFER`. Adaptive gossip is off: it
+  stretches a small mesh's heartbeat to 30-60 s.
 * **In-process restarts.** ``Pubsub.counter`` started at ``int(time.time())``: a
   restarted publisher reused sequence numbers and peers dropped its messages as seen;
-  now ``time.time_ns()``. Each Pubsub's ``LastSeenCache`` thread is stopped. Every
-  connection's muxer is closed when an incarnation ends (else a peer kept a dead pubsub
-  stream and never reopened it).
+  now ``time.time_ns()``. Each Pubsub's ``LastSeenCache`` thread is stopped. When an
+  incarnation ends its listeners close first (a peer redialling into a host shutting
+  down got a spurious second PeerConnected/PeerLost in 1 of 4 runs), then every
+  connection's muxer (else a peer kept a dead pubsub stream and never reopened it).
 * **Redials.** A failed dial puts the peer in a 60 s negative cache: ``unblock_peer``
   before each redial. Its ``AutoConnector`` (dials up to 200 peerstore entries to keep
   50+ connections) is switched off: we dial exactly the peers we were given.

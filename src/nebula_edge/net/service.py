@@ -495,10 +495,12 @@ class MeshService:
         return 1 + len(self.table.holders(m.sha256))
 
     def peers(self) -> list[dict[str, Any]]:
+        # The host corrects a dialler's address to its listen address once identified.
+        live = self.p2p.connected_peers()
         return [
             {
                 "peer_id": r.peer_id,
-                "addrs": list(r.addrs),
+                "addrs": live.get(r.peer_id) or list(r.addrs),
                 "http_url": r.http_url,
                 "connected_since": r.connected_since,
                 "version": r.version,
