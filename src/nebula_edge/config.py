@@ -72,6 +72,9 @@ class EdgeConfig:
     """If set, required as ``Authorization: Bearer`` for deploy/delete/rollback."""
     exec_token: bool = False
     """If true, ``/exec`` needs the token too."""
+    trusted_keys: frozenset[str] = frozenset()
+    """Publisher keys (``ed25519:...``) whose signed changes this agent accepts, from its
+    API and from peers. Empty: the agent runs open and accepts unsigned changes."""
 
     # --- mesh ----------------------------------------------------------------------
     p2p_port: int = 0

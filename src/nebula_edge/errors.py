@@ -11,6 +11,7 @@ API maps any of them to a response without a table of its own::
     |   +-- InvalidArguments         400 invalid_arguments   (names the expected signature)
     |   +-- LimitOutOfRange          400 invalid_limits
     +-- Unauthorized                 401 unauthorized
+    +-- Forbidden                    403 forbidden           (unsigned, untrusted, replayed)
     +-- NotFound                     404 not_found
     |   +-- ModuleNotFound           404 module_not_found
     +-- PayloadTooLarge              413 payload_too_large
@@ -87,6 +88,13 @@ class Unauthorized(NebulaError):
 
     code = "unauthorized"
     status = 401
+
+
+class Forbidden(NebulaError):
+    """The agent requires trusted signatures and this change lacks a valid one."""
+
+    code = "forbidden"
+    status = 403
 
 
 class NotFound(NebulaError):

@@ -62,12 +62,13 @@ class Manifest:
     publisher: str
     signature: str | None = None
     rollback_of: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    order: dict[str, Any] | None = field(default=None, hash=False)
+    """The publisher's signed order (see ``keys.py``); None for an unsigned deploy."""
 
     @functools.cached_property
     def id(self) -> str:
-        """Hash of the signed fields: tells apart manifests that tie on time and bytes."""
-        return hashlib.sha256(canonical(self.signed_fields())).hexdigest()[:16]
+        """Hash of the whole manifest: tells apart manifests that tie on time and bytes."""
+        return hashlib.sha256(canonical(self.to_json())).hexdigest()[:16]
 
     @property
     def key(self) -> tuple[float, str, str]:
@@ -98,6 +99,7 @@ class Manifest:
     def to_json(self) -> dict[str, Any]:
         d = self.signed_fields()
         d["signature"] = self.signature
+        d["order"] = self.order
         return d
 
     def encode(self) -> bytes:
@@ -112,6 +114,7 @@ class Tombstone:
     deleted_at: float
     publisher: str
     signature: str | None = None
+    order: dict[str, Any] | None = field(default=None, hash=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -121,6 +124,7 @@ class Tombstone:
             "deleted_at": self.deleted_at,
             "publisher": self.publisher,
             "signature": self.signature,
+            "order": self.order,
         }
 
     def encode(self) -> bytes:
@@ -190,9 +194,12 @@ def from_json(d: dict[str, Any]) -> Manifest | Tombstone:
     publisher = _field(d, "publisher", str)
     if len(publisher) > 256 or (sig is not None and len(sig) > 1024):
         raise BadRequest("manifest publisher or signature too long")
+    order = d.get("order")
+    if order is not None and not isinstance(order, dict):
+        raise BadRequest("manifest field 'order' must be an object")
     if d.get("kind") == "tombstone":
         deleted_at = _time(d, "deleted_at")
-        return Tombstone(name, deleted_at, publisher, sig)
+        return Tombstone(name, deleted_at, publisher, sig, order)
     sha = _field(d, "sha256", str)
     if not SHA256_RE.fullmatch(sha):
         raise BadRequest("manifest sha256 must be 64 lowercase hex digits")
@@ -217,6 +224,7 @@ def from_json(d: dict[str, Any]) -> Manifest | Tombstone:
         publisher=publisher,
         signature=sig,
         rollback_of=_field(d, "rollback_of", int, optional=True),
+        order=order,
     )
 
 

@@ -19,10 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from nebula_edge import __version__
+from nebula_edge import __version__, keys
 from nebula_edge.config import EdgeConfig, Limits
 from nebula_edge.errors import (
+    BadRequest,
     CorruptBlob,
+    Forbidden,
     ModuleNotFound,
     NebulaError,
     Overloaded,
@@ -40,6 +42,16 @@ if TYPE_CHECKING:
     from nebula_edge.net.service import MeshService
 
 log = logging.getLogger(__name__)
+OPEN_WARNING = ("running open: any client or peer may deploy, delete and roll back modules; "
+                "start agents with -trust to accept only signed changes (docs/security.md)")
+
+
+@dataclass(frozen=True)
+class Signed:
+    """A publisher's signed order for a change (see ``keys.py``)."""
+
+    order: dict[str, Any]
+    signature: str
 
 
 @dataclass(frozen=True)
@@ -110,14 +122,15 @@ class Node:
 
     # ------------------------------------------------------------------ deploy
     async def deploy(self, name: str, wasm: bytes, *, abi: str | None = None,
-                     export: str | None = None, limits: Limits | None = None) -> Manifest:
+                     export: str | None = None, limits: Limits | None = None,
+                     signed: Signed | None = None) -> Manifest:
         check_name(name)
         if len(wasm) > self.config.max_module_size:
             raise PayloadTooLarge(f"module is {len(wasm)} bytes; this agent accepts at most "
                                   f"{self.config.max_module_size}")
         loop = asyncio.get_running_loop()
         m = await loop.run_in_executor(None, self._deploy_sync, name, wasm, abi, export,
-                                       limits or Limits())
+                                       limits or Limits(), signed)
         self.metrics.deploys_total.labels("api").inc()
         self.metrics.modules.set(len(self.store.names()))
         log.info("deployed %s v%d (%s, %d bytes, abi %s)", m.name, m.version, m.sha256[:12],
@@ -127,7 +140,8 @@ class Node:
         return m
 
     def _deploy_sync(self, name: str, wasm: bytes, abi: str | None, export: str | None,
-                     limits: Limits) -> Manifest:
+                     limits: Limits, signed: Signed | None) -> Manifest:
+        self._precheck(signed, "deploy")
         if name not in self.store.names() and len(self.store.names()) >= self.config.max_modules:
             raise PayloadTooLarge(f"this agent keeps at most {self.config.max_modules} modules")
         self.sandbox.effective_limits(limits)  # range check before any work
@@ -135,31 +149,69 @@ class Node:
         chosen_abi, chosen_export = self.sandbox.inspect(wasm, name, abi, export, sha)
         self.store.put_blob(wasm, expect_sha=sha)
         try:
-            m = self._new_manifest(name, sha, len(wasm), chosen_abi, chosen_export, limits)
+            m = self._new_manifest(name, sha, len(wasm), chosen_abi, chosen_export, limits,
+                                   signed=signed)
+            self._check(m)
             self.store.put_manifest(m)
         finally:
             self.store.unpin(sha)
         return m
 
-    def _new_manifest(self, name: str, sha: str, size: int, abi: Any, export: str | None,
-                      limits: Limits, rollback_of: int | None = None) -> Manifest:
-        now = time.time()
-        cur = self.store.current(name)
-        if cur is not None and cur.deployed_at >= now:  # clock skew: still be the newest
-            now = cur.deployed_at + 0.001
-        tomb = self.store.tombstone(name)
-        if tomb is not None and tomb.deleted_at >= now:
-            now = tomb.deleted_at + 0.001
-        return Manifest(name=name, version=self.store.next_version(name), sha256=sha, size=size,
-                        abi=abi, export=export, limits=limits, deployed_at=now,
-                        publisher=self.node_id, rollback_of=rollback_of)
+    def _precheck(self, signed: Signed | None, op: str) -> None:
+        """Refuse cheaply, before any work, what ``_check`` would refuse anyway."""
+        if self.config.trusted_keys and signed is None:
+            raise Forbidden("this agent accepts only changes signed by a trusted key; this "
+                            "one is unsigned (make a key with `nebctl keygen`)")
+        if signed is not None and signed.order.get("op") != op:
+            raise Forbidden(f"the signed order is for {signed.order.get('op')!r}, not {op!r}")
 
-    async def delete(self, name: str) -> Tombstone:
+    def _check(self, rec: Manifest | Tombstone) -> None:
+        trusted = self.config.trusted_keys
+        if isinstance(rec, Tombstone):
+            keys.check_tombstone(rec, trusted, now=time.time())
+        else:
+            keys.check_manifest(rec, trusted, now=time.time())
+
+    def _when(self, name: str, signed: Signed | None) -> tuple[float, str]:
+        """Time and publisher of a new change: the signed order's, or now (made later than
+        the current version and any deletion, whatever the clock says)."""
+        floor = 0.0
+        cur = self.store.current(name)
+        if cur is not None:
+            floor = cur.deployed_at
+        tomb = self.store.tombstone(name)
+        if tomb is not None:
+            floor = max(floor, tomb.deleted_at)
+        if signed is not None:
+            at, key = signed.order.get("at"), signed.order.get("key")
+            if not isinstance(at, int | float) or isinstance(at, bool) or not isinstance(key, str):
+                raise BadRequest("a signed order needs a numeric 'at' and a 'key'")
+            if at <= floor:
+                raise Forbidden("the signed order is older than the module's current state")
+            return float(at), key
+        now = time.time()
+        return (now if now > floor else floor + 0.001), self.node_id
+
+    def _new_manifest(self, name: str, sha: str, size: int, abi: Any, export: str | None,
+                      limits: Limits, rollback_of: int | None = None,
+                      signed: Signed | None = None) -> Manifest:
+        at, publisher = self._when(name, signed)
+        return Manifest(name=name, version=self.store.next_version(name), sha256=sha, size=size,
+                        abi=abi, export=export, limits=limits, deployed_at=at,
+                        publisher=publisher, rollback_of=rollback_of,
+                        signature=signed.signature if signed else None,
+                        order=signed.order if signed else None)
+
+    async def delete(self, name: str, signed: Signed | None = None) -> Tombstone:
         check_name(name)
+        self._precheck(signed, "delete")
         cur = self.store.current(name)
         if cur is None:
             raise ModuleNotFound(f"no module named {name!r}")
-        t = Tombstone(name, max(time.time(), cur.deployed_at + 0.001), self.node_id)
+        at, publisher = self._when(name, signed)
+        t = Tombstone(name, at, publisher, signed.signature if signed else None,
+                      signed.order if signed else None)
+        self._check(t)
         await asyncio.get_running_loop().run_in_executor(None, self.store.put_tombstone, t)
         self.metrics.modules.set(len(self.store.names()))
         log.info("deleted %s", name)
@@ -167,17 +219,25 @@ class Node:
             self.mesh.announce(t)
         return t
 
-    async def rollback(self, name: str) -> Manifest:
-        """Make the previous version current again, as a new version with the old bytes."""
+    async def rollback(self, name: str, signed: Signed | None = None) -> Manifest:
+        """Make the previous version current again, as a new version with the old bytes
+        (with a signed order: the kept version whose bytes the order names)."""
         check_name(name)
+        self._precheck(signed, "rollback")
         vs = self.store.versions(name)
         if not vs:
             raise ModuleNotFound(f"no module named {name!r}")
         if len(vs) < 2:
             raise ModuleNotFound(f"{name} has no previous version to roll back to")
         prev = vs[-2]
+        if signed is not None:
+            match = [v for v in vs[:-1] if v.sha256 == signed.order.get("sha256")]
+            if not match:
+                raise ModuleNotFound(f"{name} has no kept version with the signed sha256")
+            prev = match[-1]
         m = self._new_manifest(name, prev.sha256, prev.size, prev.abi, prev.export, prev.limits,
-                               rollback_of=prev.version)
+                               rollback_of=prev.version, signed=signed)
+        self._check(m)
         await asyncio.get_running_loop().run_in_executor(None, self.store.put_manifest, m)
         log.info("rolled %s back to the bytes of v%d (now v%d)", name, prev.version, m.version)
         if self.mesh is not None:
@@ -248,4 +308,7 @@ class Node:
             "peers": len(self.mesh.peers()) if self.mesh is not None else 0,
             "uptime_s": round(time.time() - self.started_at, 3),
             "mesh": self.mesh is not None,
+            "open": not self.config.trusted_keys,
+            "trusted_keys": len(self.config.trusted_keys),
+            **({} if self.config.trusted_keys else {"warning": OPEN_WARNING}),
         }

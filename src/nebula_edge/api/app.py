@@ -34,7 +34,7 @@ from nebula_edge.errors import (
 )
 from nebula_edge.manifest import parse_limits
 from nebula_edge.metrics import CONTENT_TYPE_LATEST
-from nebula_edge.node import Node
+from nebula_edge.node import Node, Signed
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,30 @@ def _limits_from(body: dict[str, Any]) -> Limits:
     return parse_limits(raw)
 
 
+SIGNATURE_HEADER = "X-Nebula-Signature"
+ORDER_HEADER = "X-Nebula-Order"
+"""Base64 of the canonical JSON order; used where the body is not JSON (raw upload, DELETE)."""
+
+
+def signed_from(order: object, signature: object) -> Signed | None:
+    if order is None and signature is None:
+        return None
+    if not isinstance(order, dict) or not isinstance(signature, str):
+        raise BadRequest("a signed change needs 'order' (an object) and 'signature' (a string)")
+    return Signed(order, signature)
+
+
+def signed_from_headers(request: web.Request) -> Signed | None:
+    raw, sig = request.headers.get(ORDER_HEADER), request.headers.get(SIGNATURE_HEADER)
+    if raw is None and sig is None:
+        return None
+    try:
+        order = json.loads(base64.b64decode(raw or "", validate=True))
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"{ORDER_HEADER} must be base64 of a JSON object") from None
+    return signed_from(order, sig)
+
+
 def require_token(request: web.Request) -> None:
     token = request.app[NODE].config.token
     if not token:
@@ -133,12 +157,13 @@ async def deploy(request: web.Request) -> web.Response:
         wasm = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):
         raise BadRequest("field 'wasm' is not valid base64") from None
-    unknown = set(body) - {"name", "wasm", "abi", "export", "limits"}
+    unknown = set(body) - {"name", "wasm", "abi", "export", "limits", "order", "signature"}
     if unknown:
         raise BadRequest(f"unknown field(s) {sorted(unknown)}")
     m = await node.deploy(name, wasm,
                           abi=_opt_str(body, "abi"), export=_opt_str(body, "export"),
-                          limits=_limits_from(body))
+                          limits=_limits_from(body),
+                          signed=signed_from(body.get("order"), body.get("signature")))
     return web.json_response({"module": node.module_view(m)}, status=201)
 
 
@@ -168,7 +193,8 @@ async def put_module(request: web.Request) -> web.Response:
             except ValueError:
                 raise BadRequest(f"query parameter {k} must be an integer") from None
     m = await node.deploy(request.match_info["name"], b"".join(chunks), abi=q.get("abi"),
-                          export=q.get("export"), limits=parse_limits(limits))
+                          export=q.get("export"), limits=parse_limits(limits),
+                          signed=signed_from_headers(request))
     return web.json_response({"module": node.module_view(m)}, status=201)
 
 
@@ -227,14 +253,18 @@ async def get_module(request: web.Request) -> web.Response:
 async def delete_module(request: web.Request) -> web.Response:
     require_token(request)
     node = request.app[NODE]
-    t = await node.delete(request.match_info["name"])
+    t = await node.delete(request.match_info["name"], signed_from_headers(request))
     return web.json_response({"deleted": t.name, "deleted_at": t.deleted_at})
 
 
 async def rollback_module(request: web.Request) -> web.Response:
     require_token(request)
     node = request.app[NODE]
-    m = await node.rollback(request.match_info["name"])
+    signed = signed_from_headers(request)
+    if signed is None and request.can_read_body:
+        body = await read_json(request, 64 * 1024)
+        signed = signed_from(body.get("order"), body.get("signature"))
+    m = await node.rollback(request.match_info["name"], signed)
     return web.json_response({"module": node.module_view(m)})
 
 

@@ -18,7 +18,8 @@ from nebula_edge.api.app import make_app
 from nebula_edge.cli.flags import GoFlags
 from nebula_edge.config import EdgeConfig, Limits, default_lan, local
 from nebula_edge.errors import NebulaError
-from nebula_edge.node import Node
+from nebula_edge.keys import read_trust
+from nebula_edge.node import OPEN_WARNING, Node
 
 log = logging.getLogger("nebula_edge")
 MESH_DEFAULT = True
@@ -51,6 +52,11 @@ def build_parser() -> GoFlags:
     p.flag("token", default=os.environ.get("NEBULA_EDGE_TOKEN"),
            help="require this bearer token for deploy/delete/rollback (env NEBULA_EDGE_TOKEN)")
     p.bool_flag("exec-token", False, "require the token for /exec too")
+    p.flag("trust", action="append", default=[], metavar="KEY",
+           help="accept only changes signed by this publisher key (repeatable); see "
+                "`nebctl keygen`")
+    p.flag("trust-file", action="append", default=[], metavar="PATH",
+           help="file of trusted publisher keys, one per line (repeatable)")
     p.flag("p2p-port", type=int, default=0, help="libp2p TCP port (default: HTTP port + 1000)")
     p.flag("peer", action="append", default=[], help="bootstrap peer multiaddr (repeatable)")
     p.bool_flag("mdns", True, "discover peers with mDNS (default true)")
@@ -81,6 +87,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[EdgeConfig, bool]:
         max_module_size=a.max_module_size, workers=max(1, a.workers), queue=max(0, a.queue),
         token=a.token or None, exec_token=a.exec_token, p2p_port=a.p2p_port,
         peers=tuple(a.peer), mdns=a.mdns, mdns_interfaces=ifaces,
+        trusted_keys=read_trust(a.trust, [Path(f) for f in a.trust_file]),
     )
     return cfg, a.mesh
 
@@ -99,6 +106,10 @@ async def serve(cfg: EdgeConfig, mesh: bool) -> None:
         await site.start()
         log.info("edge %s listening on http://%s:%d (state %s, node %s)", __version__, cfg.bind,
                  cfg.port, cfg.state_dir, node.node_id)
+        if cfg.trusted_keys:
+            log.info("accepting changes signed by %d trusted key(s)", len(cfg.trusted_keys))
+        else:
+            log.warning(OPEN_WARNING)
         await stop.wait()
         log.info("shutting down")
     finally:
@@ -107,7 +118,11 @@ async def serve(cfg: EdgeConfig, mesh: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, mesh = config_from_args(argv)
+    try:
+        cfg, mesh = config_from_args(argv)
+    except (NebulaError, OSError) as e:
+        print(f"edge: {getattr(e, 'message', e)}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if cfg.log_level != "debug":

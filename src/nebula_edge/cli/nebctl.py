@@ -5,6 +5,7 @@ The product description's interface, exactly::
     nebctl -addr <peer> -wasm <file or URL> -name <alias>     deploy
     nebctl -addr <peer> -list                                 modules
     nebctl -addr <peer> -peers                                peers
+    nebctl keygen                                             make a publisher key
 
 plus ``-exec NAME [-arg JSON | -args JSON-list]``, ``-info NAME``, ``-delete NAME``,
 ``-rollback NAME``, ``-health``; ``-json`` prints the agent's JSON instead of tables.
@@ -14,6 +15,7 @@ Standard library only (urllib), so it starts fast and ships small.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -62,6 +64,11 @@ def build_parser() -> GoFlags:
     p.flag("rollback", metavar="NAME", help="make a module's previous version current")
     p.flag("token", default=os.environ.get("NEBULA_EDGE_TOKEN"),
            help="bearer token (env NEBULA_EDGE_TOKEN)")
+    p.flag("key", default=os.environ.get("NEBULA_EDGE_KEY"),
+           help="publisher key to sign changes with (env NEBULA_EDGE_KEY; default "
+                "~/.config/nebula-edge/publisher.key if it exists)")
+    p.add_argument("-unsigned", "--unsigned", action="store_true",
+                   help="do not sign, even if a key exists")
     p.add_argument("-json", "--json", action="store_true", help="print JSON for scripts")
     return p
 
@@ -74,8 +81,10 @@ class Client:
         self.token = token
 
     def call(self, method: str, path: str, body: bytes | None = None,
-             ctype: str = "application/json") -> tuple[dict[str, Any], dict[str, str]]:
-        req = urllib.request.Request(self.addr + path, data=body, method=method)
+             ctype: str = "application/json", headers: dict[str, str] | None = None
+             ) -> tuple[dict[str, Any], dict[str, str]]:
+        req = urllib.request.Request(self.addr + path, data=body, method=method,
+                                     headers=headers or {})
         if body is not None:
             req.add_header("Content-Type", ctype)
         if self.token:
@@ -135,7 +144,63 @@ def ago(ts: float) -> str:
     return f"{s}s ago" if s < 120 else f"{s // 60}m ago" if s < 7200 else f"{s // 3600}h ago"
 
 
+class Signer:
+    """Signs orders with the publisher key, if there is one (see nebula_edge.keys)."""
+
+    def __init__(self, key: str | None, unsigned: bool) -> None:
+        self.priv: Any = None
+        self.pub = ""
+        if unsigned:
+            return
+        from nebula_edge import keys
+
+        path = Path(key) if key else keys.default_key_path()
+        if not path.exists():
+            if key:
+                raise CliError(f"no key at {path}; make one with `nebctl keygen -key {path}`", 2)
+            return
+        try:
+            self.priv = keys.load_private(path)
+        except (OSError, ValueError) as e:
+            raise CliError(f"cannot load the key {path}: {e}", 2) from None
+        self.pub = keys.public_key_str(self.priv)
+
+    def headers(self, order: dict[str, Any]) -> dict[str, str]:
+        if self.priv is None:
+            return {}
+        import base64
+
+        from nebula_edge import keys
+        from nebula_edge.manifest import canonical
+
+        order = {**order, "at": time.time(), "key": self.pub}
+        return {"X-Nebula-Order": base64.b64encode(canonical(order)).decode(),
+                "X-Nebula-Signature": keys.sign(self.priv, order)}
+
+
+def keygen(argv: list[str]) -> int:
+    from nebula_edge import keys
+
+    p = GoFlags(prog="nebctl keygen", description="Make an ed25519 publisher key pair.")
+    p.flag("key", default=os.environ.get("NEBULA_EDGE_KEY"),
+           help="where to write the private key (default ~/.config/nebula-edge/publisher.key)")
+    p.add_argument("-force", "--force", action="store_true", help="replace an existing key")
+    a = p.parse_args(argv)
+    path = Path(a.key) if a.key else keys.default_key_path()
+    try:
+        pub = keys.generate(path, force=a.force)
+    except FileExistsError as e:
+        raise CliError(str(e), 2) from None
+    print(f"private key: {path} (mode 0600; keep it secret)")
+    print(f"public key:  {pub}")
+    print(f"\nstart agents with:  edge -trust {pub}")
+    return 0
+
+
 def run(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["keygen"]:
+        return keygen(argv[1:])
     parser = build_parser()
     a = parser.parse_args(argv)
     c = Client(a.addr, a.token)
@@ -149,7 +214,12 @@ def run(argv: list[str] | None = None) -> int:
         path = f"/modules/{urllib.parse.quote(a.name, safe='')}"
         if q:
             path += "?" + urllib.parse.urlencode(q)
-        out, _ = c.call("PUT", path, read_wasm(a.wasm), "application/wasm")
+        wasm = read_wasm(a.wasm)
+        signer = Signer(a.key, a.unsigned)
+        limits = {k: v for k, v in q.items() if k not in ("abi", "export")}
+        order = {"op": "deploy", "name": a.name, "sha256": hashlib.sha256(wasm).hexdigest(),
+                 "size": len(wasm), "abi": a.abi, "export": a.export, "limits": limits}
+        out, _ = c.call("PUT", path, wasm, "application/wasm", signer.headers(order))
         m = out["module"]
         text = (f"deployed {m['name']} v{m['version']} ({m['size']} bytes, sha256 "
                 f"{m['sha256'][:12]}, abi {m['abi']}"
@@ -194,10 +264,21 @@ def run(argv: list[str] | None = None) -> int:
                 + table(rows, ["VERSION", "SHA256", "SIZE", "DEPLOYED", "PUBLISHER",
                                "ROLLBACK OF"]))
     elif a.delete:
-        out, _ = c.call("DELETE", f"/modules/{urllib.parse.quote(a.delete, safe='')}")
+        signer = Signer(a.key, a.unsigned)
+        out, _ = c.call("DELETE", f"/modules/{urllib.parse.quote(a.delete, safe='')}",
+                        headers=signer.headers({"op": "delete", "name": a.delete}))
         text = f"deleted {out['deleted']}"
     elif a.rollback:
-        out, _ = c.call("POST", f"/modules/{urllib.parse.quote(a.rollback, safe='')}/rollback")
+        quoted = urllib.parse.quote(a.rollback, safe="")
+        signer = Signer(a.key, a.unsigned)
+        sign_headers: dict[str, str] = {}
+        if signer.priv is not None:
+            info, _ = c.call("GET", f"/modules/{quoted}")
+            if len(info["versions"]) < 2:
+                raise CliError(f"{a.rollback} has no previous version to roll back to")
+            sign_headers = signer.headers({"op": "rollback", "name": a.rollback,
+                                           "sha256": info["versions"][1]["sha256"]})
+        out, _ = c.call("POST", f"/modules/{quoted}/rollback", headers=sign_headers)
         m = out["module"]
         text = f"rolled {m['name']} back: v{m['version']} now runs the bytes of v{m['rollback_of']}"
     elif a.health:

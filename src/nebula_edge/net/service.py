@@ -34,9 +34,9 @@ from typing import Any
 
 import aiohttp
 
-from nebula_edge import __version__
+from nebula_edge import __version__, keys
 from nebula_edge.config import EdgeConfig
-from nebula_edge.errors import BadRequest, ModuleNotFound, NebulaError, PeerUnavailable
+from nebula_edge.errors import BadRequest, Forbidden, ModuleNotFound, NebulaError, PeerUnavailable
 from nebula_edge.manifest import Manifest, Tombstone
 from nebula_edge.mesh import wire
 from nebula_edge.mesh.state import PeerTable, digest, newest_first
@@ -245,9 +245,12 @@ class MeshService:
             self._reject("malformed", peer, e.message)
             return
         if isinstance(msg, wire.Delete):
-            await self._apply_tombstone(msg.tombstone)
+            if self._trusted(msg.tombstone, peer):
+                await self._apply_tombstone(msg.tombstone)
             return
         m = msg.manifest
+        if not self._trusted(m, peer):
+            return
         self._names.setdefault(peer, set()).add(m.name)
         self.table.add_holding(peer, m.sha256)
         if not self.store.wants(m):
@@ -259,6 +262,19 @@ class MeshService:
             await self._accept([m], msg.wasm, "gossip", peer)
         else:
             self._start_fetch(m, prefer=peer)
+
+    def _trusted(self, rec: Manifest | Tombstone, peer: str) -> bool:
+        """Whether a peer's record carries a valid signature from a trusted key (always
+        true on an open agent). A rogue peer on the LAN cannot inject a module."""
+        try:
+            if isinstance(rec, Tombstone):
+                keys.check_tombstone(rec, self.config.trusted_keys)
+            else:
+                keys.check_manifest(rec, self.config.trusted_keys)
+        except Forbidden as e:
+            self._reject("untrusted", peer, f"{rec.name}: {e.message}")
+            return False
+        return True
 
     async def _apply_tombstone(self, t: Tombstone) -> None:
         loop = asyncio.get_running_loop()
@@ -395,9 +411,10 @@ class MeshService:
         self.table.set_holdings(peer, {m.sha256 for m in resp.manifests})
         self._names[peer] = {m.name for m in resp.manifests}
         for t in resp.tombstones:
-            await self._apply_tombstone(t)
+            if self.store.tombstone(t.name) != t and self._trusted(t, peer):
+                await self._apply_tombstone(t)
         for m in newest_first(resp.manifests):
-            if self.store.wants(m):
+            if self.store.wants(m) and self._trusted(m, peer):
                 self._start_fetch(m, prefer=peer)
 
     # ------------------------------------------------------------------ serving peers
