@@ -73,6 +73,7 @@ class MeshService:
         self._waiting: dict[str, list[Manifest]] = {}
         self._fetch_sem = asyncio.Semaphore(FETCH_CONCURRENCY)
         self._last_dial: dict[str, float] = {}
+        self._untrusted: set[str] = set()
         self._http: aiohttp.ClientSession | None = None
         self.mdns: MdnsService | None = None
         ips = list(config.advertise) or interface_ips(list(config.mdns_interfaces) or None)
@@ -265,13 +266,22 @@ class MeshService:
 
     def _trusted(self, rec: Manifest | Tombstone, peer: str) -> bool:
         """Whether a peer's record carries a valid signature from a trusted key (always
-        true on an open agent). A rogue peer on the LAN cannot inject a module."""
+        true on an open agent). A rogue peer on the LAN cannot inject a module. Each bad
+        record is counted and logged once, however often sync offers it again."""
+        if not self.config.trusted_keys:
+            return True
+        rid = rec.id if isinstance(rec, Manifest) else f"{rec.name}@{rec.deleted_at!r}"
+        if rid in self._untrusted:
+            return False
         try:
             if isinstance(rec, Tombstone):
                 keys.check_tombstone(rec, self.config.trusted_keys)
             else:
                 keys.check_manifest(rec, self.config.trusted_keys)
         except Forbidden as e:
+            if len(self._untrusted) > 10_000:
+                self._untrusted.clear()
+            self._untrusted.add(rid)
             self._reject("untrusted", peer, f"{rec.name}: {e.message}")
             return False
         return True
@@ -409,7 +419,8 @@ class MeshService:
         if resp.manifests is None:
             return
         self.table.set_holdings(peer, {m.sha256 for m in resp.manifests})
-        self._names[peer] = {m.name for m in resp.manifests}
+        # Forward calls only for versions this agent would accept itself.
+        self._names[peer] = {m.name for m in resp.manifests if self._trusted(m, peer)}
         for t in resp.tombstones:
             if self.store.tombstone(t.name) != t and self._trusted(t, peer):
                 await self._apply_tombstone(t)
