@@ -395,3 +395,87 @@ class AgentPool:
             if agent.alive() or not agent._log_file.closed:
                 agent.stop(signal.SIGTERM, 10)
         self.agents.clear()
+
+
+# ------------------------------------------------------------------------------ the mesh
+def peer_id(agent: Agent) -> str:
+    """The agent's libp2p peer id: its ``/healthz`` ``node_id`` when the mesh is on."""
+    status, body, _ = agent.get("/healthz")
+    assert status == 200 and body["mesh"], body
+    return str(body["node_id"])
+
+
+def p2p_addr(agent: Agent) -> str:
+    """The multiaddr other agents dial (``-peer``): ``/ip4/<ip>/tcp/<p2p port>/p2p/<id>``."""
+    return f"/ip4/{HOST}/tcp/{agent.p2p_port}/p2p/{peer_id(agent)}"
+
+
+def peer_ids(agent: Agent) -> set[str]:
+    """The peer ids an agent's ``GET /peers`` lists."""
+    status, body, _ = agent.get("/peers")
+    assert status == 200, body
+    return {p["peer_id"] for p in body["peers"]}
+
+
+def launch_agent(args: list[str], *, port: int, p2p_port: int, data: Path, cwd: Path,
+                 log_path: Path, env: dict[str, str] | None = None,
+                 wait_s: float = 30) -> Agent:
+    """Start ``edge ARGS...`` exactly as given (no ``-bind``, ``-data`` or ports added: the
+    caller says what ``port``/``p2p_port``/``data`` those args amount to) and wait until
+    ``/healthz`` answers 200 on 127.0.0.1. For commands typed as a README shows them."""
+    argv = [str(EDGE), *args]
+    log_file = open(log_path, "wb")  # noqa: SIM115 - closed by Agent.stop
+    proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, cwd=cwd, env=edge_env(env))
+    _LIVE[proc.pid] = proc
+    agent = Agent(proc, port, p2p_port, data, log_path, log_file, argv, cwd)
+    deadline = time.monotonic() + wait_s
+    while True:
+        if not agent.alive():
+            code = agent.stop()
+            raise AssertionError(f"edge exited with code {code} before answering /healthz; "
+                                 f"argv {argv}; log:\n{agent.log()[-4000:]}")
+        try:
+            status, body, _ = agent.get("/healthz", timeout=2)
+            if status == 200 and body.get("status") == "ok":
+                return agent
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() >= deadline:
+            agent.stop()
+            raise AssertionError(f"edge did not answer /healthz within {wait_s} s; argv {argv};"
+                                 f" log:\n{agent.log()[-4000:]}")
+        time.sleep(0.05)
+
+
+def connected(a: Agent, b: Agent) -> bool:
+    """Each of two agents lists the other in ``GET /peers``."""
+    return peer_id(b) in peer_ids(a) and peer_id(a) in peer_ids(b)
+
+
+def rejections(agent: Agent) -> dict[str, float]:
+    """``nebula_edge_gossip_rejected_total`` by reason (reasons at zero left out)."""
+    out = {}
+    for line in agent.metrics().splitlines():
+        if line.startswith("nebula_edge_gossip_rejected_total{"):
+            reason = line.split('reason="', 1)[1].split('"', 1)[0]
+            value = float(line.rsplit(" ", 1)[1])
+            if value:
+                out[reason] = value
+    return out
+
+
+def with_custom_section(wasm: bytes, name: str, payload: bytes) -> bytes:
+    """``wasm`` plus a custom section (id 0, LEB128 size, name, payload): a valid module
+    with the same code and other bytes (another sha256, any size)."""
+
+    def leb128(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            byte, n = n & 0x7F, n >> 7
+            out.append(byte | (0x80 if n else 0))
+            if not n:
+                return bytes(out)
+
+    body = leb128(len(name.encode())) + name.encode() + payload
+    return wasm + b"\x00" + leb128(len(body)) + body
