@@ -256,13 +256,10 @@ class MeshService:
         self.table.add_holding(peer, m.sha256)
         if not self.store.wants(m):
             return
-        if msg.wasm is not None:
-            if sha256_hex(msg.wasm) != m.sha256:
-                self._reject("hash_mismatch", peer, f"{m.name} inline bytes")
-                return
-            await self._accept([m], msg.wasm, "gossip", peer)
-        else:
-            self._start_fetch(m, prefer=peer)
+        if msg.wasm is not None and sha256_hex(msg.wasm) != m.sha256:
+            self._reject("hash_mismatch", peer, f"{m.name} inline bytes")
+            return
+        self._start_fetch(m, prefer=peer, data=msg.wasm)
 
     def _trusted(self, rec: Manifest | Tombstone, peer: str) -> bool:
         """Whether a peer's record carries a valid signature from a trusted key (always
@@ -335,23 +332,29 @@ class MeshService:
                 self.store.unpin(sha)
 
     # ------------------------------------------------------------------ fetch
-    def _start_fetch(self, m: Manifest, prefer: str | None) -> asyncio.Task[bool]:
+    def _start_fetch(self, m: Manifest, prefer: str | None,
+                     data: bytes | None = None) -> asyncio.Task[bool]:
+        """Get ``m`` stored: from ``data`` (inline gossip) or by fetching its bytes. One
+        task per sha256: every manifest naming those bytes waits on it, so one blob is
+        never verified, compiled or written twice at once."""
         waiting = self._waiting.setdefault(m.sha256, [])
         if all(w.key != m.key for w in waiting):
             waiting.append(m)
         task = self._fetching.get(m.sha256)
         if task is None:
-            task = asyncio.ensure_future(self._fetch(m, prefer))
+            task = asyncio.ensure_future(self._fetch(m, prefer, data))
             self._fetching[m.sha256] = task
             sha = m.sha256
             task.add_done_callback(lambda _t: self._fetching.pop(sha, None))
         return task
 
-    async def _fetch(self, m: Manifest, prefer: str | None) -> bool:
+    async def _fetch(self, m: Manifest, prefer: str | None, data: bytes | None) -> bool:
         sha = m.sha256
         try:
             if self.store.has_blob(sha) and not self.store.is_corrupt(sha):
                 return await self._settle(sha, None, "store", "self")
+            if data is not None:
+                return await self._settle(sha, data, "gossip", prefer or "?")
             async with self._fetch_sem:
                 for round_ in range(FETCH_ROUNDS):
                     candidates = self.table.holders(sha, prefer) or (
@@ -459,26 +462,24 @@ class MeshService:
         """The local current version of ``name``, waiting up to ``fetch_wait_s`` for bytes
         on their way (after asking every peer, if nobody announced the module)."""
         deadline = time.monotonic() + self.config.fetch_wait_s
-        pending = [
-            t
-            for sha, t in self._fetching.items()
-            if any(m.name == name for m in self._waiting.get(sha, []))
-        ]
-        if not pending:
-            peers = [r.peer_id for r in self.table.connected_peers()]
-            if peers:
-                await asyncio.wait(
-                    [asyncio.ensure_future(self._sync_with(p)) for p in peers],
-                    timeout=min(3.0, self.config.fetch_wait_s),
-                )
-            pending = [
-                t
-                for sha, t in self._fetching.items()
-                if any(m.name == name for m in self._waiting.get(sha, []))
-            ]
-        if pending:
-            await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
-        return self.store.current(name)
+        syncs: list[asyncio.Task[Any]] = []
+        if not self._pending_for(name):
+            syncs = [self._spawn(self._sync_with(r.peer_id))
+                     for r in self.table.connected_peers()]
+        while True:
+            m = self.store.current(name)
+            if m is not None:
+                return m
+            # A sync that finds the module starts its fetch before it returns.
+            waits = [*self._pending_for(name), *(s for s in syncs if not s.done())]
+            remaining = deadline - time.monotonic()
+            if not waits or remaining <= 0:
+                return None
+            await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+
+    def _pending_for(self, name: str) -> list[asyncio.Task[bool]]:
+        return [t for sha, t in self._fetching.items()
+                if any(m.name == name for m in self._waiting.get(sha, []))]
 
     async def forward(self, name: str, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
         """Run the call on a peer that holds ``name``; one hop at most."""

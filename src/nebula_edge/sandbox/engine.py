@@ -131,7 +131,7 @@ class Engines:
         path = self._cache_path(sha, PLAIN)
         if not path.exists():
             try:
-                atomic_write(path, module.serialize())
+                atomic_write(path, module.serialize(), durable=False)
             except OSError as e:
                 log.warning("cannot write compiled cache %s: %s", path, e)
 
@@ -161,7 +161,7 @@ class Engines:
             log.info("compiled %s (%s) in %.1f ms", sha[:12], flavor.name,
                      (time.perf_counter() - t0) * 1000)
             try:
-                atomic_write(path, module.serialize())
+                atomic_write(path, module.serialize(), durable=False)
             except OSError as e:
                 log.warning("cannot write compiled cache %s: %s", path, e)
         with map_compile_errors():

@@ -5,29 +5,35 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import tempfile
 from pathlib import Path
 from typing import IO
 
 
-def atomic_write(path: Path, data: bytes | bytearray, mode: int = 0o644) -> None:
+def atomic_write(path: Path, data: bytes | bytearray, mode: int = 0o644,
+                 durable: bool = True) -> None:
     """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one.
 
-    Temp file in the same directory, fsync, rename, fsync the directory: the order
-    POSIX needs for the rename to be durable.
+    Temp file in the same directory (unique per call: two threads may write the same
+    path), fsync, rename, fsync the directory: the order POSIX needs for the rename to be
+    durable. ``durable=False`` skips the fsyncs, for caches that are rebuilt if lost.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def fsync_dir(path: Path) -> None:
