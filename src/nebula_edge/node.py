@@ -146,8 +146,12 @@ class Node:
             raise PayloadTooLarge(f"this agent keeps at most {self.config.max_modules} modules")
         self.sandbox.effective_limits(limits)  # range check before any work
         sha = sha256_hex(wasm)
-        chosen_abi, chosen_export = self.sandbox.inspect(wasm, name, abi, export, sha)
-        self.store.put_blob(wasm, expect_sha=sha)
+        self.store.pin(sha)
+        try:
+            chosen_abi, chosen_export = self.sandbox.inspect(wasm, name, abi, export, sha)
+            self.store.put_blob(wasm, expect_sha=sha)
+        finally:
+            self.store.unpin(sha)  # put_blob holds its own pin from here on
         try:
             m = self._new_manifest(name, sha, len(wasm), chosen_abi, chosen_export, limits,
                                    signed=signed)

@@ -17,8 +17,9 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 ERR = _json(_ref("Error"), "Error")
+NAME_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 NAME_PARAM = {"name": "name", "in": "path", "required": True,
-              "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}}
+              "schema": {"type": "string", "pattern": NAME_PATTERN}}
 
 _LIMITS = {
     "type": "object",
@@ -37,13 +38,16 @@ OPENAPI: dict[str, Any] = {
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": _ref("DeployRequest")}}},
             "responses": {"201": _json(_ref("ModuleResponse"), "Deployed"), "400": ERR,
-                          "401": ERR, "413": ERR},
+                          "401": ERR, "403": ERR, "413": ERR},
         }},
         "/exec": {"post": {
             "summary": "Call a module",
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": _ref("ExecRequest")}}},
-            "responses": {"200": _json(_ref("ExecResponse"), "Result"), "400": ERR, "404": ERR,
+            "responses": {"200": {**_json(_ref("ExecResponse"), "Result"), "headers": {
+                "X-Nebula-Peer": {"description": "Peer id of the agent that ran the call",
+                                  "schema": {"type": "string"}}}},
+                          "400": ERR, "401": ERR, "404": ERR,
                           "413": ERR, "422": ERR, "502": ERR, "503": ERR, "504": ERR},
         }},
         "/modules": {"get": {
@@ -57,7 +61,8 @@ OPENAPI: dict[str, Any] = {
                     "responses": {"200": _json({"type": "object"}, "Module"), "404": ERR}},
             "put": {"summary": "Deploy raw module bytes",
                     "parameters": [{"name": k, "in": "query", "required": False,
-                                    "schema": {"type": "string"}}
+                                    "schema": {"type": "string", "enum": ["export", "wasi"]}
+                                    if k == "abi" else {"type": "string"}}
                                    for k in ("abi", "export")] +
                                   [{"name": k, "in": "query", "required": False,
                                     "schema": {"type": "integer", "minimum": 0}}
@@ -68,16 +73,16 @@ OPENAPI: dict[str, Any] = {
                         "application/octet-stream": {"schema": {"type": "string",
                                                                 "format": "binary"}}}},
                     "responses": {"201": _json(_ref("ModuleResponse"), "Deployed"), "400": ERR,
-                                  "401": ERR, "413": ERR, "415": ERR}},
+                                  "401": ERR, "403": ERR, "413": ERR, "415": ERR}},
             "delete": {"summary": "Delete a module (every version, mesh-wide)",
-                       "responses": {"200": _json({"type": "object"}, "Deleted"), "401": ERR,
-                                     "404": ERR}},
+                       "responses": {"200": _json({"type": "object"}, "Deleted"), "400": ERR,
+                                     "401": ERR, "403": ERR, "404": ERR}},
         },
         "/modules/{name}/rollback": {"post": {
             "summary": "Make the previous version current again",
             "parameters": [NAME_PARAM],
-            "responses": {"200": _json(_ref("ModuleResponse"), "Rolled back"), "401": ERR,
-                          "404": ERR},
+            "responses": {"200": _json(_ref("ModuleResponse"), "Rolled back"), "400": ERR,
+                          "401": ERR, "403": ERR, "404": ERR},
         }},
         "/peers": {"get": {"summary": "Connected peers",
                            "responses": {"200": _json({"type": "object"}, "Peers")}}},
@@ -93,18 +98,24 @@ OPENAPI: dict[str, Any] = {
                 "schema": {"type": "object"}}}},
             "responses": {"200": _json({"type": "object"}, "Echo"), "400": ERR, "413": ERR}}},
     },
-    "components": {"schemas": {
+    "components": {"securitySchemes": {"bearer": {
+        "type": "http", "scheme": "bearer",
+        "description": "Required for changes when the agent runs with -token"}},
+        "schemas": {
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {
             "type": "object", "required": ["code", "message"],
             "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
         "Limits": _LIMITS,
         "DeployRequest": {"type": "object", "required": ["name", "wasm"],
                           "additionalProperties": False, "properties": {
-            "name": {"type": "string"}, "wasm": {"type": "string", "format": "byte"},
+            "name": {"type": "string", "pattern": NAME_PATTERN},
+            "wasm": {"type": "string", "format": "byte"},
             "abi": {"type": "string", "enum": ["export", "wasi"]},
-            "export": {"type": "string"}, "limits": _ref("Limits")}},
+            "export": {"type": "string"}, "limits": _ref("Limits"),
+            "order": {"type": "object"}, "signature": {"type": "string"}}},
         "ExecRequest": {"type": "object", "required": ["name"], "additionalProperties": False,
-                        "properties": {"name": {"type": "string"}, "arg": {},
+                        "properties": {"name": {"type": "string", "pattern": NAME_PATTERN},
+                                       "arg": {},
                                        "args": {"type": "array", "items": {}}}},
         "ExecResponse": {"type": "object", "properties": {"result": {}, "output": {
             "type": "string"}}},
@@ -113,7 +124,10 @@ OPENAPI: dict[str, Any] = {
             "sha256": {"type": "string"}, "size": {"type": "integer"},
             "abi": {"type": "string"}, "export": {"type": "string", "nullable": True},
             "limits": _ref("Limits"), "deployed_at": {"type": "number"},
-            "publisher": {"type": "string"}, "peers": {"type": "integer"}}},
+            "publisher": {"type": "string"}, "peers": {"type": "integer"},
+            "rollback_of": {"type": "integer", "nullable": True},
+            "signature": {"type": "string", "nullable": True},
+            "order": {"type": "object", "nullable": True}}},
         "ModuleResponse": {"type": "object", "properties": {"module": _ref("Module")}},
     }},
 }

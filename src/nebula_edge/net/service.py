@@ -74,6 +74,7 @@ class MeshService:
         self._fetch_sem = asyncio.Semaphore(FETCH_CONCURRENCY)
         self._last_dial: dict[str, float] = {}
         self._untrusted: set[str] = set()
+        self._too_big: set[str] = set()
         self._http: aiohttp.ClientSession | None = None
         self.mdns: MdnsService | None = None
         ips = list(config.advertise) or interface_ips(list(config.mdns_interfaces) or None)
@@ -254,12 +255,23 @@ class MeshService:
             return
         self._names.setdefault(peer, set()).add(m.name)
         self.table.add_holding(peer, m.sha256)
-        if not self.store.wants(m):
+        if not self._wanted(m):
             return
         if msg.wasm is not None and sha256_hex(msg.wasm) != m.sha256:
             self._reject("hash_mismatch", peer, f"{m.name} inline bytes")
             return
         self._start_fetch(m, prefer=peer, data=msg.wasm)
+
+    def _wanted(self, m: Manifest) -> bool:
+        """The store would take it, and it is within this agent's own module size limit
+        (a bigger one stays on the peers that hold it: calls to it are forwarded)."""
+        if m.size > self.config.max_module_size:
+            if m.id not in self._too_big:
+                self._too_big.add(m.id)
+                log.info("not fetching %s v%d: %d bytes is over -max-module-size %d; calls "
+                         "are forwarded", m.name, m.version, m.size, self.config.max_module_size)
+            return False
+        return self.store.wants(m)
 
     def _trusted(self, rec: Manifest | Tombstone, peer: str) -> bool:
         """Whether a peer's record carries a valid signature from a trusted key (always
@@ -297,11 +309,13 @@ class MeshService:
             return False
         loop = asyncio.get_running_loop()
         try:
-            added = await loop.run_in_executor(None, self._accept_sync, ms, data)
+            added, bad = await loop.run_in_executor(None, self._accept_sync, ms, data)
         except NebulaError as e:
             m = ms[0]
             self._reject("invalid_module", peer, f"{m.name} v{m.version}: {e.message}")
             return False
+        for m, why in bad:
+            self._reject("invalid_module", peer, f"{m.name} v{m.version}: {why}")
         for m in added:
             log.info(
                 "module received: %s v%d (%s, %d bytes, via %s from %s)",
@@ -316,19 +330,45 @@ class MeshService:
         self.metrics.modules.set(len(self.store.names()))
         return bool(added)
 
-    def _accept_sync(self, ms: list[Manifest], data: bytes | None) -> list[Manifest]:
+    def _accept_sync(self, ms: list[Manifest], data: bytes | None
+                     ) -> tuple[list[Manifest], list[tuple[Manifest, str]]]:
+        """Check every manifest against the bytes (size, compiles, its ABI and export
+        exist), then store the blob (if new) and the manifests that passed."""
         sha = ms[0].sha256
-        pinned = False
-        if data is not None and not self.store.has_blob(sha):
-            if len(data) != ms[0].size:
-                raise BadRequest(f"{len(data)} bytes, manifest says {ms[0].size}")
-            self.sandbox.admit(ms[0], data)
+        new_blob = data is not None and (not self.store.has_blob(sha)
+                                         or self.store.is_corrupt(sha))
+        if data is not None:
+            size = len(data)
+
+            def read() -> bytes:
+                assert data is not None
+                return data
+        else:
+            size = self.store.blob_path(sha).stat().st_size
+
+            def read() -> bytes:
+                return self.store.read_blob(sha)
+        ok: list[Manifest] = []
+        bad: list[tuple[Manifest, str]] = []
+        for m in ms:
+            if not self.store.wants(m):
+                continue
+            try:
+                if m.size != size:
+                    raise BadRequest(f"the bytes are {size} long; the manifest says {m.size}")
+                self.sandbox.admit(m, read)
+                ok.append(m)
+            except NebulaError as e:
+                bad.append((m, e.message))
+        if not ok:
+            return [], bad
+        if new_blob:
+            assert data is not None
             self.store.put_blob(data, expect_sha=sha)
-            pinned = True
         try:
-            return [m for m in ms if self.store.put_manifest(m)]
+            return [m for m in ok if self.store.put_manifest(m)], bad
         finally:
-            if pinned:
+            if new_blob:
                 self.store.unpin(sha)
 
     # ------------------------------------------------------------------ fetch
@@ -419,7 +459,10 @@ class MeshService:
         except Exception as e:
             log.debug("sync with %s failed: %s", peer, e)
             return
-        if resp.manifests is None:
+        if resp.manifests is None:  # same digest: the peer holds exactly what we hold
+            mine = list(self.store.all_manifests())
+            self.table.set_holdings(peer, {m.sha256 for m in mine})
+            self._names[peer] = {m.name for m in mine}
             return
         self.table.set_holdings(peer, {m.sha256 for m in resp.manifests})
         # Forward calls only for versions this agent would accept itself.
@@ -428,7 +471,7 @@ class MeshService:
             if self.store.tombstone(t.name) != t and self._trusted(t, peer):
                 await self._apply_tombstone(t)
         for m in newest_first(resp.manifests):
-            if self.store.wants(m) and self._trusted(m, peer):
+            if self._wanted(m) and self._trusted(m, peer):
                 self._start_fetch(m, prefer=peer)
 
     # ------------------------------------------------------------------ serving peers

@@ -112,11 +112,11 @@ class Sandbox:
         ft = c.functions.get(m.export)
         return describe(ft) if ft is not None else None
 
-    def admit(self, m: Manifest, wasm: bytes) -> None:
+    def admit(self, m: Manifest, read_bytes: Callable[[], bytes]) -> None:
         """Check bytes received from a peer against their manifest before they are stored:
         they compile, and the manifest's ABI and export exist with a usable signature.
         Compiles once, for the engine the module will run on, and fills the cache."""
-        c = self.load(m, lambda: wasm)
+        c = self.load(m, read_bytes)
         if m.abi == "wasi":
             if "_start" not in c.functions:
                 raise InvalidModule("manifest says abi wasi but the module has no _start")

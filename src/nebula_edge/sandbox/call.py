@@ -137,7 +137,9 @@ def _map_trap(e: Exception, limits: Limits) -> Exception:
         if not msg.startswith("wasm trap"):
             msg = f"wasm trap: {msg}"
         return Trap(msg, trap=kind)
-    return ExecError(f"call failed: {str(e).strip().splitlines()[0] if str(e).strip() else e}")
+    # The message is a backtrace; its last line is the cause (e.g. a missing export).
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return ExecError(f"call failed: {lines[-1] if lines else type(e).__name__}")
 
 
 def call_export(c: Compiled, export: str, limits: Limits, args: list[Any]) -> Any:

@@ -100,10 +100,17 @@ class Engines:
         self._tick_hooks.append(hook)
 
     def _tick(self) -> None:
+        """Advance the epochs by the time that actually passed: this thread oversleeps
+        when others hold the GIL or the CPU is busy (a 1 s limit measured 3-7 s while
+        clients sent large /exec bodies when the ticker counted wake-ups instead)."""
         engines = list(self._engines.values())
-        while not self._stop.wait(TICK_S):
-            for e in engines:
-                e.increment_epoch()
+        next_t = time.monotonic() + TICK_S
+        while not self._stop.wait(max(0.0, next_t - time.monotonic())):
+            now = time.monotonic()
+            while next_t <= now:
+                for e in engines:
+                    e.increment_epoch()
+                next_t += TICK_S
             for hook in self._tick_hooks:
                 try:
                     hook()

@@ -130,8 +130,7 @@ class ModuleStore:
         if expect_sha is not None and sha != expect_sha:
             raise BadRequest(f"bytes hash to {sha}, expected {expect_sha}")
         path = self.blob_path(sha)
-        with self._lock:
-            self._pinned[sha] = self._pinned.get(sha, 0) + 1
+        self.pin(sha)
         if not path.exists():
             try:
                 atomic_write(path, data, 0o444)
@@ -174,12 +173,23 @@ class ModuleStore:
         return data
 
     def _gc_blobs(self) -> None:
+        """Delete blobs, and compiled code (``cache/<sha256>.*``), no manifest names."""
         with self._lock:
             live = {m.sha256 for ms in self._versions.values() for m in ms} | set(self._pinned)
         for p in self.blob_dir.iterdir():
             if p.name not in live and not p.name.startswith("."):
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
+        for p in self.cache_dir.iterdir():
+            if p.name.split(".", 1)[0] not in live and not p.name.startswith("."):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+
+    def pin(self, sha: str) -> None:
+        """Keep ``sha``'s blob and compiled code from GC until ``unpin`` (a deploy in
+        progress writes the compiled code before the blob)."""
+        with self._lock:
+            self._pinned[sha] = self._pinned.get(sha, 0) + 1
 
     # ------------------------------------------------------------------ manifests
     def put_manifest(self, m: Manifest) -> bool:
