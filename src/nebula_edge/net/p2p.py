@@ -148,6 +148,7 @@ class P2PHost:
         heartbeat_s: float = 1.0,
         max_response_size: int = 80 * 1024 * 1024,
         max_request_size: int = 1024 * 1024,
+        validator: Callable[[bytes], bool] | None = None,
     ) -> None:
         listen = ipaddress.ip_address(listen_ip)
         advertise = [ipaddress.ip_address(ip) for ip in advertise_ips] or [listen]
@@ -170,6 +171,7 @@ class P2PHost:
             max_message_size=max_message_size,
             max_request_size=max_request_size,
             max_response_size=max_response_size,
+            validator=validator,
         )
         self._key_path = key_path
         self._on_event = on_event

@@ -294,6 +294,7 @@ class HostConfig:
     max_message_size: int
     max_request_size: int
     max_response_size: int
+    validator: Callable[[bytes], bool] | None = None
 
 
 @dataclass
@@ -657,7 +658,17 @@ class Incarnation:
             fail(cmd.future, PeerUnavailable("p2p host restarted or stopped during the call"))
 
     def _validate(self, forwarder: Any, msg: Any) -> bool:
-        return len(msg.data) <= self.config.max_message_size
+        """Gossipsub relays only what passes: a bad message stops at the first agent."""
+        if len(msg.data) > self.config.max_message_size:
+            return False
+        check = self.config.validator
+        if check is None:
+            return True
+        try:
+            return bool(check(bytes(msg.data)))
+        except Exception as exc:
+            logger.warning("p2p: gossip validator failed: %r", exc)
+            return False
 
     async def _read_topic(self, topic: str, subscription: Any) -> None:
         async for msg in subscription:

@@ -94,6 +94,7 @@ class MeshService:
                 wire.INFO_PROTOCOL: self._serve_info,
             },
             heartbeat_s=config.heartbeat_s,
+            validator=self._validate_gossip,
         )
 
     @property
@@ -261,6 +262,27 @@ class MeshService:
             self._reject("hash_mismatch", peer, f"{m.name} inline bytes")
             return
         self._start_fetch(m, prefer=peer, data=msg.wasm)
+
+    def _validate_gossip(self, data: bytes) -> bool:
+        """Runs on the libp2p thread for every gossip message, before it is delivered or
+        relayed: malformed or untrusted messages go no further than this agent."""
+        try:
+            msg = wire.decode_gossip(data)
+        except BadRequest as e:
+            self._reject("malformed", "gossip", e.message)
+            return False
+        rec = msg.tombstone if isinstance(msg, wire.Delete) else msg.manifest
+        if not self.config.trusted_keys:
+            return True
+        try:
+            if isinstance(rec, Tombstone):
+                keys.check_tombstone(rec, self.config.trusted_keys)
+            else:
+                keys.check_manifest(rec, self.config.trusted_keys)
+        except Forbidden as e:
+            self._reject("untrusted", "gossip", f"{rec.name}: {e.message}")
+            return False
+        return True
 
     def _wanted(self, m: Manifest) -> bool:
         """The store would take it, and it is within this agent's own module size limit
