@@ -465,17 +465,18 @@ def rejections(agent: Agent) -> dict[str, float]:
     return out
 
 
+def leb128(n: int) -> bytes:
+    """Unsigned LEB128, as Wasm section sizes and protobuf varints are written."""
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
 def with_custom_section(wasm: bytes, name: str, payload: bytes) -> bytes:
     """``wasm`` plus a custom section (id 0, LEB128 size, name, payload): a valid module
     with the same code and other bytes (another sha256, any size)."""
-
-    def leb128(n: int) -> bytes:
-        out = bytearray()
-        while True:
-            byte, n = n & 0x7F, n >> 7
-            out.append(byte | (0x80 if n else 0))
-            if not n:
-                return bytes(out)
-
     body = leb128(len(name.encode())) + name.encode() + payload
     return wasm + b"\x00" + leb128(len(body)) + body

@@ -35,6 +35,8 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 from multiaddr import Multiaddr
 
+from agents import leb128  # run as `python tests/rogue_peer.py`: tests/ is on sys.path
+
 TOPIC = "nebula-edge/modules/1"
 PING = "/nebula-edge/ping/1.0.0"
 """The agents drop a peer that misses 3 pings: the rogue answers them, to stay connected."""
@@ -45,14 +47,7 @@ validator is what must drop it."""
 
 
 # --- protobuf by hand (so that broken shapes can be written on purpose) -----------------
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
+varint = leb128
 
 def field(number: int, value: bytes) -> bytes:
     """A length-delimited protobuf field."""

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agents import SAMPLES, Agent, AgentPool
+from agents import SAMPLES, Agent, AgentPool, leb128
 
 DOUBLE = (SAMPLES / "double" / "double.wasm").read_bytes()
 PAD = 24 * 1024 * 1024
@@ -37,15 +37,6 @@ KILL_FRACTIONS = (0.05, 0.3, 0.6)
 
 Trigger = Callable[[float], bool]
 """Called with the seconds since the request was sent; True: kill now."""
-
-
-def leb128(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def big_module(fill: int) -> bytes:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from agents import leb128
 from nebula_edge.errors import PayloadTooLarge, PeerUnavailable
 from nebula_edge.net.p2p import (
     GossipMessage,
@@ -273,14 +274,7 @@ def test_requests_10_mib_errors_limits_and_timeouts(make_host: HostFactory) -> N
 # --- 4. hostile input ------------------------------------------------------------------------
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
+_varint = leb128
 
 def _field(number: int, value: bytes) -> bytes:
     """A length-delimited protobuf field."""
