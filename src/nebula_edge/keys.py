@@ -42,8 +42,15 @@ MAX_SKEW_S = 300.0
 """How far an order's time may be from the agent's clock at the API (5 min, like Kerberos)."""
 
 
-def default_key_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+def default_key_path() -> Path | None:
+    """``$XDG_CONFIG_HOME/nebula-edge/publisher.key`` (or under ``~/.config``); None when
+    there is no home to look in (HOME unset and no passwd entry, as in some containers)."""
+    base = os.environ.get("XDG_CONFIG_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".config")
+        except RuntimeError:
+            return None
     return Path(base) / "nebula-edge" / "publisher.key"
 
 

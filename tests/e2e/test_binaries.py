@@ -16,6 +16,7 @@ The binaries are built first (``packaging/build_binaries.py``: PyInstaller, need
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -57,10 +58,10 @@ def bin_dir(request: pytest.FixtureRequest) -> Path:
     assert r.returncode == 0, (
         f"building the binaries failed:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}")
     last = (r.stdout.strip().splitlines() or [""])[-1]
-    # Said on the terminal even under -q: what the build cost this run.
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"test_binaries: {last} [{took:.0f} s in this test]")
+    # Said on the terminal even under -q and output capture: what the build cost this run.
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print(f"\ntest_binaries: {last} [{took:.0f} s in this test]", flush=True)
     return ROOT / "bin"
 
 

@@ -26,6 +26,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from nebula_edge import __version__
 from nebula_edge.cli.flags import GoFlags
 
 DOWNLOAD_CAP = 64 * 1024 * 1024
@@ -70,6 +71,7 @@ def build_parser() -> GoFlags:
     p.add_argument("-unsigned", "--unsigned", action="store_true",
                    help="do not sign, even if a key exists")
     p.add_argument("-json", "--json", action="store_true", help="print JSON for scripts")
+    p.add_argument("-version", "--version", action="version", version=f"nebctl {__version__}")
     return p
 
 
@@ -155,6 +157,8 @@ class Signer:
         from nebula_edge import keys
 
         path = Path(key) if key else keys.default_key_path()
+        if path is None:
+            return
         if not path.exists():
             if key:
                 raise CliError(f"no key at {path}; make one with `nebctl keygen -key {path}`", 2)
@@ -187,6 +191,8 @@ def keygen(argv: list[str]) -> int:
     p.add_argument("-force", "--force", action="store_true", help="replace an existing key")
     a = p.parse_args(argv)
     path = Path(a.key) if a.key else keys.default_key_path()
+    if path is None:
+        raise CliError("no home directory to keep the key in: give -key PATH", 2)
     try:
         pub = keys.generate(path, force=a.force)
     except FileExistsError as e:
