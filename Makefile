@@ -37,6 +37,14 @@ check: setup ## lint and type-check
 samples: setup ## rebuild every sample .wasm from source (ziglang + wat2wasm)
 	$(PY) sample/build.py
 
+N ?= 5
+
+lab: setup ## start N hosts (network namespaces, root) with an agent each: make lab N=5
+	$(PY) scripts/lab.py up $(N)
+
+lab-down: ## remove everything `make lab` made (agents, namespaces, bridge, temp dirs)
+	$(PY) scripts/lab.py down
+
 clean: ## remove the venv, local agent data and build outputs
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache bin build dist
 

@@ -50,6 +50,7 @@ from nebula_edge.store.modules import sha256_hex
 log = logging.getLogger(__name__)
 
 FETCH_CONCURRENCY = 4
+PER_PEER_FETCHES = 2
 FETCH_ROUNDS = 6
 """Rounds over all holders before a fetch gives up until the next sync (~30 s with backoff)."""
 FORWARDED_HEADER = "X-Nebula-Forwarded"
@@ -72,6 +73,10 @@ class MeshService:
         self._fetching: dict[str, asyncio.Task[bool]] = {}
         self._waiting: dict[str, list[Manifest]] = {}
         self._fetch_sem = asyncio.Semaphore(FETCH_CONCURRENCY)
+        self._peer_sems: dict[str, asyncio.Semaphore] = {}
+        self._joined = asyncio.Event()
+        """Set once the first peer has connected (obtain() waits for it on a new agent)."""
+        self._started = time.monotonic()
         self._last_dial: dict[str, float] = {}
         self._untrusted: set[str] = set()
         self._too_big: set[str] = set()
@@ -176,6 +181,7 @@ class MeshService:
                 log.exception("mesh: error handling %s", type(ev).__name__)
 
     async def _peer_connected(self, ev: PeerConnected) -> None:
+        self._joined.set()
         if self.table.connected(ev.peer_id, ev.addrs, time.time()):
             log.info("peer joined: %s (%s)", ev.peer_id, ", ".join(ev.addrs[:2]))
         self.metrics.peers.set(len(self.table.connected_peers()))
@@ -417,23 +423,32 @@ class MeshService:
                 return await self._settle(sha, None, "store", "self")
             if data is not None:
                 return await self._settle(sha, data, "gossip", prefer or "?")
-            async with self._fetch_sem:
-                for round_ in range(FETCH_ROUNDS):
-                    candidates = self.table.holders(sha, prefer) or (
-                        [prefer]
-                        if prefer and self.table.is_connected(prefer)
-                        else [r.peer_id for r in self.table.connected_peers()]
-                    )
-                    for peer in candidates:
+            for round_ in range(FETCH_ROUNDS):
+                candidates = self.table.holders(sha, prefer) or (
+                    [prefer]
+                    if prefer and self.table.is_connected(prefer)
+                    else [r.peer_id for r in self.table.connected_peers()]
+                )
+                for peer in candidates:
+                    # A slot is held for one attempt only (never across the backoff), and
+                    # one peer holds at most PER_PEER_FETCHES of them: a peer announcing
+                    # bytes it never serves cannot starve fetches from honest peers.
+                    async with self._peer_sem(peer), self._fetch_sem:
                         data = await self._fetch_from(peer, m)
-                        if data is not None:
-                            return await self._settle(sha, data, "fetch", peer)
-                    await asyncio.sleep(min(8.0, 0.25 * 2**round_) * (0.5 + random.random()))
+                    if data is not None:
+                        return await self._settle(sha, data, "fetch", peer)
+                await asyncio.sleep(min(8.0, 0.25 * 2**round_) * (0.5 + random.random()))
             log.warning("fetch of %s (%s) gave up for now; sync will retry", m.name, sha[:12])
             self.metrics.fetch_total.labels("gave_up").inc()
             return False
         finally:
             self._waiting.pop(sha, None)
+
+    def _peer_sem(self, peer: str) -> asyncio.Semaphore:
+        sem = self._peer_sems.get(peer)
+        if sem is None:
+            sem = self._peer_sems[peer] = asyncio.Semaphore(PER_PEER_FETCHES)
+        return sem
 
     async def _fetch_from(self, peer: str, m: Manifest) -> bytes | None:
         timeout = 10 + m.size / (5 * 1024 * 1024)  # >= 5 MiB/s, as loopback does 80 MiB/s
@@ -523,26 +538,41 @@ class MeshService:
         return wire.encode_info(wire.PeerInfo(self.config.port, __version__))
 
     # ------------------------------------------------------------------ exec anywhere
+    def newer_pending(self, name: str, have: Manifest | None) -> bool:
+        """A version of ``name`` newer than ``have`` is on its way (bytes being fetched)."""
+        return any(m.name == name and (have is None or m.key > have.key)
+                   for ms in self._waiting.values() for m in ms)
+
     async def obtain(self, name: str) -> Manifest | None:
         """The local current version of ``name``, waiting up to ``fetch_wait_s`` for bytes
-        on their way (after asking every peer, if nobody announced the module)."""
+        on their way (after asking every peer, if nobody announced the module). A newer
+        version being fetched is waited for too (bounded), so a catching-up agent does not
+        answer with an old version while the current one is a moment away. An agent that
+        has just started waits (within the same bound) for its first peer."""
         deadline = time.monotonic() + self.config.fetch_wait_s
+        may_join = self.config.mdns or bool(self.config.peers)
+        if may_join and not self._joined.is_set() and \
+                time.monotonic() - self._started < self.config.fetch_wait_s + 5:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._joined.wait(),
+                                       max(0.0, deadline - time.monotonic()))
         syncs: list[asyncio.Task[Any]] = []
         if not self._pending_for(name):
             syncs = [self._spawn(self._sync_with(r.peer_id))
                      for r in self.table.connected_peers()]
         while True:
             m = self.store.current(name)
-            if m is not None:
+            if m is not None and not self.newer_pending(name, m):
                 return m
             # A sync that finds the module starts its fetch before it returns.
             waits = [*self._pending_for(name), *(s for s in syncs if not s.done())]
             remaining = deadline - time.monotonic()
             if not waits or remaining <= 0:
-                return None
+                return self.store.current(name)
             await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
 
     def _pending_for(self, name: str) -> list[asyncio.Task[bool]]:
+        """Fetch tasks for any version of ``name``."""
         return [t for sha, t in self._fetching.items()
                 if any(m.name == name for m in self._waiting.get(sha, []))]
 
