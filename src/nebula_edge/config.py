@@ -67,6 +67,12 @@ class EdgeConfig:
     keep_versions: int = 5
     """Versions kept per module name."""
 
+    header_timeout_s: float = 15.0
+    """A connection that has not sent a complete request head (or sits idle between
+    requests) this long is closed (aiohttp's keep-alive timer, which runs from accept)."""
+    body_timeout_s: float = 30.0
+    """A request whose body stalls this long (no byte received) is answered 408."""
+
     # --- security ------------------------------------------------------------------
     token: str | None = None
     """If set, required as ``Authorization: Bearer`` for deploy/delete/rollback."""

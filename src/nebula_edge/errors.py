@@ -14,6 +14,7 @@ API maps any of them to a response without a table of its own::
     +-- Forbidden                    403 forbidden           (unsigned, untrusted, replayed)
     +-- NotFound                     404 not_found
     |   +-- ModuleNotFound           404 module_not_found
+    +-- RequestTimeout               408 request_timeout     (a slow client's body)
     +-- PayloadTooLarge              413 payload_too_large
     +-- UnsupportedMediaType         415 unsupported_media_type
     +-- ExecError                    422 exec_error          (the guest failed, the agent did not)
@@ -108,6 +109,13 @@ class ModuleNotFound(NotFound):
     """No module of that name on this agent or any reachable peer."""
 
     code = "module_not_found"
+
+
+class RequestTimeout(NebulaError):
+    """The client stopped sending its request body."""
+
+    code = "request_timeout"
+    status = 408
 
 
 class PayloadTooLarge(NebulaError):

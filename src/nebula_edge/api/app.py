@@ -11,6 +11,7 @@ Content-Type: the Quick Start's ``curl -d`` sends form encoding.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -29,6 +30,7 @@ from nebula_edge.errors import (
     NotFound,
     Overloaded,
     PayloadTooLarge,
+    RequestTimeout,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -77,12 +79,29 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
                                             "see the agent's log"}}, status=500)
 
 
-async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The body, refused early past ``limit`` (413) and given up on when the client sends
+    nothing for ``body_timeout_s`` (408): a slow client holds a connection, not a worker."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body is {request.content_length} bytes; limit {limit}")
-    raw = await request.read()
-    if len(raw) > limit:
-        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    idle = request.app[NODE].config.body_timeout_s
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            chunk = await asyncio.wait_for(request.content.readany(), idle)
+        except TimeoutError:
+            raise RequestTimeout(f"the client sent no body bytes for {idle:g} s") from None
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+        chunks.append(chunk)
+
+
+async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
+    raw = await read_body(request, limit)
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):
@@ -174,16 +193,7 @@ async def put_module(request: web.Request) -> web.Response:
     if ctype not in RAW_TYPES:
         raise UnsupportedMediaType(f"raw upload needs Content-Type {' or '.join(RAW_TYPES)}, "
                                    f"not {ctype!r}")
-    cap = node.config.max_module_size
-    if request.content_length is not None and request.content_length > cap:
-        raise PayloadTooLarge(f"module is {request.content_length} bytes; limit {cap}")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(256 * 1024):
-        size += len(chunk)
-        if size > cap:
-            raise PayloadTooLarge(f"module is larger than the limit of {cap} bytes")
-        chunks.append(chunk)
+    wasm = await read_body(request, node.config.max_module_size)
     q = request.query
     limits: dict[str, Any] = {}
     for k in ("timeout_ms", "memory_mb", "fuel", "max_output_bytes"):
@@ -192,7 +202,7 @@ async def put_module(request: web.Request) -> web.Response:
                 limits[k] = int(q[k])
             except ValueError:
                 raise BadRequest(f"query parameter {k} must be an integer") from None
-    m = await node.deploy(request.match_info["name"], b"".join(chunks), abi=q.get("abi"),
+    m = await node.deploy(request.match_info["name"], wasm, abi=q.get("abi"),
                           export=q.get("export"), limits=parse_limits(limits),
                           signed=signed_from_headers(request))
     return web.json_response({"module": node.module_view(m)}, status=201)

@@ -49,6 +49,11 @@ def build_parser() -> GoFlags:
            "at least 2)")
     p.flag("queue", type=int, default=d.queue, help="calls that may wait for a worker before "
            "503 (default 64)")
+    p.flag("header-timeout", type=float, default=d.header_timeout_s,
+           help="close a connection without a complete request head after this many s "
+                "(default 15)")
+    p.flag("body-timeout", type=float, default=d.body_timeout_s,
+           help="answer 408 when a request body stalls this many s (default 30)")
     p.flag("token", default=os.environ.get("NEBULA_EDGE_TOKEN"),
            help="require this bearer token for deploy/delete/rollback (env NEBULA_EDGE_TOKEN)")
     p.bool_flag("exec-token", False, "require the token for /exec too")
@@ -84,7 +89,8 @@ def config_from_args(argv: list[str] | None = None) -> tuple[EdgeConfig, bool]:
                           fuel=base.max_limits.fuel,
                           max_output_bytes=max(base.max_limits.max_output_bytes or 0,
                                                a.max_output)),
-        max_module_size=a.max_module_size, workers=max(1, a.workers), queue=max(0, a.queue),
+        max_module_size=a.max_module_size, header_timeout_s=a.header_timeout,
+        body_timeout_s=a.body_timeout, workers=max(1, a.workers), queue=max(0, a.queue),
         token=a.token or None, exec_token=a.exec_token, p2p_port=a.p2p_port,
         peers=tuple(a.peer), mdns=a.mdns, mdns_interfaces=ifaces,
         trusted_keys=read_trust(a.trust, [Path(f) for f in a.trust_file]),
@@ -94,7 +100,8 @@ def config_from_args(argv: list[str] | None = None) -> tuple[EdgeConfig, bool]:
 
 async def serve(cfg: EdgeConfig, mesh: bool) -> None:
     node = Node(cfg, mesh=mesh)
-    runner = web.AppRunner(make_app(node), access_log=None, handle_signals=False)
+    runner = web.AppRunner(make_app(node), access_log=None, handle_signals=False,
+                           keepalive_timeout=cfg.header_timeout_s)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
