@@ -136,6 +136,27 @@ def _fresh(at: float, now: float | None) -> None:
                         f"agent's clock (limit {MAX_SKEW_S:.0f} s): replayed or clock skew")
 
 
+def check_order(order: dict[str, Any], signature: str, trusted: frozenset[str],
+                now: float) -> None:
+    """The byte-independent part of the checks, done before an agent compiles or stores
+    anything: trusted key, valid signature, fresh time."""
+    if not trusted:
+        return
+    _verify(order, signature, trusted)
+    at = order.get("at")
+    if not isinstance(at, int | float) or isinstance(at, bool):
+        raise Forbidden("the signed order has no time")
+    _fresh(float(at), now)
+
+
+def check(rec: Manifest | Tombstone, trusted: frozenset[str], now: float | None = None) -> None:
+    """``check_manifest`` or ``check_tombstone``, whichever ``rec`` is."""
+    if isinstance(rec, Tombstone):
+        check_tombstone(rec, trusted, now)
+    else:
+        check_manifest(rec, trusted, now)
+
+
 def check_manifest(m: Manifest, trusted: frozenset[str], now: float | None = None) -> None:
     """Raise ``Forbidden`` unless ``m`` is signed by a trusted key and its order matches it.
     No-op for an open agent (no trusted keys). ``now`` enables the replay check."""

@@ -130,6 +130,11 @@ class Tombstone:
     def encode(self) -> bytes:
         return canonical(self.to_json())
 
+    @functools.cached_property
+    def id(self) -> str:
+        """Hash of the whole tombstone, signature and order included."""
+        return hashlib.sha256(self.encode()).hexdigest()[:16]
+
     def covers(self, m: Manifest) -> bool:
         return m.name == self.name and m.deployed_at <= self.deleted_at
 
@@ -161,16 +166,13 @@ def _time(d: dict[str, Any], key: str) -> float:
     return t
 
 
-def _limits(raw: object) -> Limits:
+def parse_limits(raw: object) -> Limits:
+    """Limits from JSON (``None`` = all defaults), checking only shape (ranges are the
+    sandbox's business)."""
     if raw is None:
         return Limits()
     if not isinstance(raw, dict):
-        raise BadRequest("manifest field 'limits' must be an object")
-    return parse_limits(raw)
-
-
-def parse_limits(raw: dict[str, Any]) -> Limits:
-    """Limits from JSON, checking only shape (ranges are the sandbox's business)."""
+        raise BadRequest("field 'limits' must be an object")
     known = {"timeout_ms", "memory_mb", "fuel", "max_output_bytes"}
     unknown = set(raw) - known
     if unknown:
@@ -219,7 +221,7 @@ def from_json(d: dict[str, Any]) -> Manifest | Tombstone:
         size=size,
         abi=abi,
         export=export,
-        limits=_limits(d.get("limits")),
+        limits=parse_limits(d.get("limits")),
         deployed_at=deployed_at,
         publisher=publisher,
         signature=sig,

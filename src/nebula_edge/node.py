@@ -15,7 +15,6 @@ import asyncio
 import logging
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +36,7 @@ from nebula_edge.sandbox import Sandbox
 from nebula_edge.store import ModuleStore
 from nebula_edge.store.fsutil import DirLock
 from nebula_edge.store.modules import sha256_hex
+from nebula_edge.workers import Workers
 
 if TYPE_CHECKING:
     from nebula_edge.net.service import MeshService
@@ -73,11 +73,12 @@ class Node:
                              "give this one another -port or -data")
         self.metrics = Metrics()
         self.store = ModuleStore(state, keep=config.keep_versions,
-                                 on_quarantine=lambda sha: self.metrics.quarantined_total.inc())
+                                 on_quarantine=lambda sha: self.metrics.quarantined_total.inc(),
+                                 on_gc=self._forget_compiled)
         self.sandbox = Sandbox(
             self.store.cache_dir, config.default_limits, config.max_limits,
             on_cache=lambda outcome: self.metrics.compile_cache_total.labels(outcome).inc())
-        self.pool = ThreadPoolExecutor(config.workers, thread_name_prefix="wasm")
+        self.workers = Workers(config.workers)
         self._admitted = 0
         self.node_id = f"{socket.gethostname()}:{config.port}"
         self.mesh: MeshService | None = None
@@ -92,7 +93,7 @@ class Node:
         if self.mesh is not None:
             await self.mesh.start()
             self.node_id = self.mesh.peer_id
-        asyncio.get_running_loop().run_in_executor(self.pool, self._warm)
+        self._warming = asyncio.get_running_loop().run_in_executor(None, self._warm)
 
     def _warm(self) -> None:
         """Load every current module's compiled code (from the disk cache after a restart)."""
@@ -107,6 +108,13 @@ class Node:
             except NebulaError as e:
                 log.warning("cannot load %s v%d: %s", m.name, m.version, e.message)
 
+    def _forget_compiled(self, sha: str) -> None:
+        """Thread-safe. A blob left the store: drop its compiled code from memory too
+        (the store's first GC runs before the sandbox exists)."""
+        sandbox: Sandbox | None = getattr(self, "sandbox", None)
+        if sandbox is not None:
+            sandbox.unload(sha, evict_disk=False)
+
     def _blob_corrupt(self, m: Manifest) -> None:
         """Thread-safe. A blob failed verification (the store has quarantined it)."""
         self.sandbox.unload(m.sha256)
@@ -116,7 +124,9 @@ class Node:
     async def close(self) -> None:
         if self.mesh is not None:
             await self.mesh.stop()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        # Queued calls are dropped; running ones end by their deadline, which needs the
+        # epoch ticker: stop it only once they are done.
+        await asyncio.get_running_loop().run_in_executor(None, self.workers.shutdown)
         self.sandbox.close()
         self._lock.release()
 
@@ -166,15 +176,15 @@ class Node:
         if self.config.trusted_keys and signed is None:
             raise Forbidden("this agent accepts only changes signed by a trusted key; this "
                             "one is unsigned (make a key with `nebctl keygen`)")
-        if signed is not None and signed.order.get("op") != op:
-            raise Forbidden(f"the signed order is for {signed.order.get('op')!r}, not {op!r}")
+        if signed is not None:
+            if signed.order.get("op") != op:
+                raise Forbidden(f"the signed order is for {signed.order.get('op')!r}, not "
+                                f"{op!r}")
+            keys.check_order(signed.order, signed.signature, self.config.trusted_keys,
+                             now=time.time())
 
     def _check(self, rec: Manifest | Tombstone) -> None:
-        trusted = self.config.trusted_keys
-        if isinstance(rec, Tombstone):
-            keys.check_tombstone(rec, trusted, now=time.time())
-        else:
-            keys.check_manifest(rec, trusted, now=time.time())
+        keys.check(rec, self.config.trusted_keys, now=time.time())
 
     def _when(self, name: str, signed: Signed | None) -> tuple[float, str]:
         """Time and publisher of a new change: the signed order's, or now (made later than
@@ -279,9 +289,8 @@ class Node:
         t0 = time.perf_counter()
         outcome = "ok"
         try:
-            body = await asyncio.get_running_loop().run_in_executor(
-                self.pool, self.sandbox.call, m, lambda: self.store.read_blob(m.sha256), arg,
-                args)
+            body = await self.workers.submit(
+                self.sandbox.call, m, lambda: self.store.read_blob(m.sha256), arg, args)
         except NebulaError as e:
             outcome = e.code
             if isinstance(e, CorruptBlob):
@@ -297,7 +306,10 @@ class Node:
     def module_view(self, m: Manifest) -> dict[str, Any]:
         d = m.to_json()
         d.pop("v", None)
-        d["limits"] = self.sandbox.effective_limits(m.limits).to_json()
+        try:
+            d["limits"] = self.sandbox.effective_limits(m.limits).to_json()
+        except NebulaError:  # limits over this agent's maxima: show them as they are
+            d["limits"] = m.limits.to_json()
         if self.mesh is not None:
             d["peers"] = self.mesh.holders(m)
         return d

@@ -23,7 +23,6 @@ from typing import Any
 from aiohttp import web
 
 from nebula_edge.api.openapi import OPENAPI
-from nebula_edge.config import Limits
 from nebula_edge.errors import (
     BadRequest,
     NebulaError,
@@ -35,14 +34,13 @@ from nebula_edge.errors import (
     UnsupportedMediaType,
 )
 from nebula_edge.manifest import parse_limits
+from nebula_edge.mesh.wire import FORWARDED_HEADER
 from nebula_edge.metrics import CONTENT_TYPE_LATEST
 from nebula_edge.node import Node, Signed
 
 log = logging.getLogger(__name__)
 
 NODE = web.AppKey("node", Node)
-FORWARDED_HEADER = "X-Nebula-Forwarded"
-"""Set on a call one agent forwards to another; such a call is never forwarded again."""
 MAX_EXEC_BODY = 1024 * 1024
 """An /exec request is a name and a JSON argument; 1 MiB is generous."""
 RAW_TYPES = ("application/wasm", "application/octet-stream")
@@ -89,7 +87,8 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     size = 0
     while True:
         try:
-            chunk = await asyncio.wait_for(request.content.readany(), idle)
+            async with asyncio.timeout(idle):
+                chunk = await request.content.readany()
         except TimeoutError:
             raise RequestTimeout(f"the client sent no body bytes for {idle:g} s") from None
         if not chunk:
@@ -116,15 +115,6 @@ def _opt_str(body: dict[str, Any], key: str) -> str | None:
     if v is not None and not isinstance(v, str):
         raise BadRequest(f"field {key!r} must be a string")
     return v
-
-
-def _limits_from(body: dict[str, Any]) -> Limits:
-    raw = body.get("limits")
-    if raw is None:
-        return Limits()
-    if not isinstance(raw, dict):
-        raise BadRequest("field 'limits' must be an object")
-    return parse_limits(raw)
 
 
 SIGNATURE_HEADER = "X-Nebula-Signature"
@@ -181,7 +171,7 @@ async def deploy(request: web.Request) -> web.Response:
         raise BadRequest(f"unknown field(s) {sorted(unknown)}")
     m = await node.deploy(name, wasm,
                           abi=_opt_str(body, "abi"), export=_opt_str(body, "export"),
-                          limits=_limits_from(body),
+                          limits=parse_limits(body.get("limits")),
                           signed=signed_from(body.get("order"), body.get("signature")))
     return web.json_response({"module": node.module_view(m)}, status=201)
 
@@ -252,8 +242,9 @@ async def get_module(request: web.Request) -> web.Response:
     if not vs:
         raise NotFound(f"no module named {name!r}")
     view = node.module_view(vs[-1])
-    try:
-        sig = node.sandbox.signature(vs[-1], lambda: node.store.read_blob(vs[-1].sha256))
+    try:  # may compile (up to a second for big modules): not on the event loop
+        sig = await asyncio.get_running_loop().run_in_executor(
+            None, node.sandbox.signature, vs[-1], lambda: node.store.read_blob(vs[-1].sha256))
     except NebulaError:
         sig = None  # bytes unreadable (e.g. quarantined): the listing still answers
     return web.json_response({"name": name, "current": view, "signature": sig,

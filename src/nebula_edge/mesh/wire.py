@@ -31,6 +31,9 @@ TOPIC = "nebula-edge/modules/1"
 BLOB_PROTOCOL = "/nebula-edge/blob/1.0.0"
 SYNC_PROTOCOL = "/nebula-edge/sync/1.0.0"
 INFO_PROTOCOL = "/nebula-edge/info/1.0.0"
+FORWARDED_HEADER = "X-Nebula-Forwarded"
+"""HTTP header on a call one agent forwards to another; such a call is never forwarded
+again (one hop at most)."""
 WIRE_VERSION = 1
 MAX_GOSSIP = 60 * 1024
 """Below the ~64 KiB where py-libp2p 0.8.1 was seen to corrupt messages (0 in 3,500 at 60 KiB)."""

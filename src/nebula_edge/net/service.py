@@ -29,14 +29,21 @@ import json
 import logging
 import random
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
 
 from nebula_edge import __version__, keys
 from nebula_edge.config import EdgeConfig
-from nebula_edge.errors import BadRequest, Forbidden, ModuleNotFound, NebulaError, PeerUnavailable
+from nebula_edge.errors import (
+    BadRequest,
+    Forbidden,
+    ModuleNotFound,
+    NebulaError,
+    Overloaded,
+    PeerUnavailable,
+)
 from nebula_edge.manifest import Manifest, Tombstone
 from nebula_edge.mesh import wire
 from nebula_edge.mesh.state import PeerTable, digest, newest_first
@@ -53,7 +60,7 @@ FETCH_CONCURRENCY = 4
 PER_PEER_FETCHES = 2
 FETCH_ROUNDS = 6
 """Rounds over all holders before a fetch gives up until the next sync (~30 s with backoff)."""
-FORWARDED_HEADER = "X-Nebula-Forwarded"
+FORWARDED_HEADER = wire.FORWARDED_HEADER
 
 
 class MeshService:
@@ -80,6 +87,8 @@ class MeshService:
         self._last_dial: dict[str, float] = {}
         self._untrusted: set[str] = set()
         self._too_big: set[str] = set()
+        self._syncing: dict[str, asyncio.Task[None]] = {}
+        self._synced_at: dict[str, float] = {}
         self._http: aiohttp.ClientSession | None = None
         self.mdns: MdnsService | None = None
         ips = list(config.advertise) or interface_ips(list(config.mdns_interfaces) or None)
@@ -157,12 +166,16 @@ class MeshService:
         return t
 
     # ------------------------------------------------------------------ events in
-    def _on_event(self, ev: P2PEvent) -> None:
-        """Called on the libp2p thread: hand the event to the event loop."""
+    def _call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Thread-safe: run ``fn(*args)`` on the event loop (dropped once it is closed)."""
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._events.put_nowait, ev)
+                loop.call_soon_threadsafe(fn, *args)
+
+    def _on_event(self, ev: P2PEvent) -> None:
+        """Called on the libp2p thread: hand the event to the event loop."""
+        self._call_soon(self._events.put_nowait, ev)
 
     async def _event_loop(self) -> None:
         while True:
@@ -186,13 +199,15 @@ class MeshService:
             log.info("peer joined: %s (%s)", ev.peer_id, ", ".join(ev.addrs[:2]))
         self.metrics.peers.set(len(self.table.connected_peers()))
         self._spawn(self._learn_info(ev.peer_id))
-        self._spawn(self._sync_with(ev.peer_id))
+        self._sync(ev.peer_id)
 
     def _on_found(self, peer: DiscoveredPeer) -> None:
         if peer.peer_id == self.peer_id:
             return
+        if self.table.is_connected(peer.peer_id):
+            return  # what we know over the connection wins over an unauthenticated answer
         self.table.discovered(peer.peer_id, peer.p2p_addrs, peer.http_url, peer.version)
-        if self.table.is_connected(peer.peer_id) or not peer.p2p_addrs:
+        if not peer.p2p_addrs:
             return
         now = time.monotonic()
         if now - self._last_dial.get(peer.peer_id, 0.0) < 2.0:
@@ -217,9 +232,8 @@ class MeshService:
         return await asyncio.wait_for(asyncio.wrap_future(fut), timeout + 1)
 
     async def _learn_info(self, peer: str) -> None:
-        rec = self.table.get(peer)
-        if rec is not None and rec.http_url:
-            return
+        """A connected peer's HTTP URL: its own word over the authenticated connection
+        (INFO) and the connection's address, never an mDNS answer anyone can forge."""
         try:
             info = wire.decode_info(await self._request(peer, wire.INFO_PROTOCOL, b"", 10, 4096))
         except (TimeoutError, NebulaError, OSError, Exception) as e:
@@ -281,10 +295,7 @@ class MeshService:
         if not self.config.trusted_keys:
             return True
         try:
-            if isinstance(rec, Tombstone):
-                keys.check_tombstone(rec, self.config.trusted_keys)
-            else:
-                keys.check_manifest(rec, self.config.trusted_keys)
+            keys.check(rec, self.config.trusted_keys)
         except Forbidden as e:
             self._reject("untrusted", "gossip", f"{rec.name}: {e.message}")
             return False
@@ -299,6 +310,14 @@ class MeshService:
                 log.info("not fetching %s v%d: %d bytes is over -max-module-size %d; calls "
                          "are forwarded", m.name, m.version, m.size, self.config.max_module_size)
             return False
+        try:
+            self.sandbox.effective_limits(m.limits)
+        except NebulaError:
+            if m.id not in self._too_big:
+                self._too_big.add(m.id)
+                log.info("not fetching %s v%d: its limits exceed this agent's maxima; calls "
+                         "are forwarded", m.name, m.version)
+            return False
         return self.store.wants(m)
 
     def _trusted(self, rec: Manifest | Tombstone, peer: str) -> bool:
@@ -307,14 +326,11 @@ class MeshService:
         record is counted and logged once, however often sync offers it again."""
         if not self.config.trusted_keys:
             return True
-        rid = rec.id if isinstance(rec, Manifest) else f"{rec.name}@{rec.deleted_at!r}"
+        rid = rec.id
         if rid in self._untrusted:
             return False
         try:
-            if isinstance(rec, Tombstone):
-                keys.check_tombstone(rec, self.config.trusted_keys)
-            else:
-                keys.check_manifest(rec, self.config.trusted_keys)
+            keys.check(rec, self.config.trusted_keys)
         except Forbidden as e:
             if len(self._untrusted) > 10_000:
                 self._untrusted.clear()
@@ -379,7 +395,9 @@ class MeshService:
         ok: list[Manifest] = []
         bad: list[tuple[Manifest, str]] = []
         for m in ms:
-            if not self.store.wants(m):
+            # A version already held is checked again only when its bytes are being
+            # replaced (a quarantined blob): then the good copy must still fit it.
+            if not self.store.wants(m) and not new_blob:
                 continue
             try:
                 if m.size != size:
@@ -394,7 +412,7 @@ class MeshService:
             assert data is not None
             self.store.put_blob(data, expect_sha=sha)
         try:
-            return [m for m in ok if self.store.put_manifest(m)], bad
+            return [m for m in ok if self.store.wants(m) and self.store.put_manifest(m)], bad
         finally:
             if new_blob:
                 self.store.unpin(sha)
@@ -470,10 +488,7 @@ class MeshService:
 
     def blob_lost(self, m: Manifest) -> None:
         """Thread-safe. A local blob failed verification: fetch a good copy from a peer."""
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._start_fetch, m, None)
+        self._call_soon(self._start_fetch, m, None)
 
     # ------------------------------------------------------------------ sync
     def _digest(self) -> str:
@@ -483,9 +498,26 @@ class MeshService:
         while True:
             await asyncio.sleep(self.config.sync_interval_s * (0.75 + random.random() / 2))
             for rec in self.table.connected_peers():
-                self._spawn(self._sync_with(rec.peer_id))
+                self._sync(rec.peer_id)
+
+    def _sync(self, peer: str, min_gap: float = 0.0) -> asyncio.Task[None] | None:
+        """Sync with ``peer``: the sync already running if there is one; none if the last
+        one ended less than ``min_gap`` seconds ago."""
+        task = self._syncing.get(peer)
+        if task is not None and not task.done():
+            return task
+        if min_gap and time.monotonic() - self._synced_at.get(peer, -1e9) < min_gap:
+            return None
+        task = self._syncing[peer] = self._spawn(self._sync_with(peer))
+        return task
 
     async def _sync_with(self, peer: str) -> None:
+        try:
+            await self._sync_once(peer)
+        finally:
+            self._synced_at[peer] = time.monotonic()
+
+    async def _sync_once(self, peer: str) -> None:
         req = wire.encode_sync_request(wire.SyncRequest(self._digest()))
         try:
             data = await self._request(peer, wire.SYNC_PROTOCOL, req, 15, wire.MAX_SYNC_RESPONSE)
@@ -502,13 +534,18 @@ class MeshService:
             self._names[peer] = {m.name for m in mine}
             return
         self.table.set_holdings(peer, {m.sha256 for m in resp.manifests})
-        # Forward calls only for versions this agent would accept itself.
-        self._names[peer] = {m.name for m in resp.manifests if self._trusted(m, peer)}
+        # Forward calls only where the peer's current version is one this agent would
+        # accept itself.
+        newest: dict[str, Manifest] = {}
+        for m in resp.manifests:
+            if m.name not in newest or m.key > newest[m.name].key:
+                newest[m.name] = m
+        self._names[peer] = {n for n, m in newest.items() if self._trusted(m, peer)}
         for t in resp.tombstones:
             if self.store.tombstone(t.name) != t and self._trusted(t, peer):
                 await self._apply_tombstone(t)
         for m in newest_first(resp.manifests):
-            if self._wanted(m) and self._trusted(m, peer):
+            if self._trusted(m, peer) and self._wanted(m):
                 self._start_fetch(m, prefer=peer)
 
     # ------------------------------------------------------------------ serving peers
@@ -523,11 +560,10 @@ class MeshService:
         mine = self._digest()
         if req.digest == mine:
             return wire.encode_sync_response(wire.SyncResponse(mine, None))
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            # They differ from us: pull their side too, without waiting for our timer.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(lambda: self._spawn(self._sync_with(peer)))
+        # They differ from us: pull their side too, without waiting for our timer, but at
+        # most once per interval (two agents that can never agree, e.g. with different
+        # -max-module-size, would otherwise trigger each other in a loop).
+        self._call_soon(self._sync, peer, self.config.sync_interval_s)
         return wire.encode_sync_response(
             wire.SyncResponse(
                 mine, tuple(self.store.all_manifests()), tuple(self.store.tombstones())
@@ -558,8 +594,10 @@ class MeshService:
                                        max(0.0, deadline - time.monotonic()))
         syncs: list[asyncio.Task[Any]] = []
         if not self._pending_for(name):
-            syncs = [self._spawn(self._sync_with(r.peer_id))
-                     for r in self.table.connected_peers()]
+            # At most one sync per peer in flight, however many calls ask for unknown
+            # names (a fresh one each time: the module may have landed a moment ago).
+            syncs = [t for r in self.table.connected_peers()
+                     if (t := self._sync(r.peer_id)) is not None]
         while True:
             m = self.store.current(name)
             if m is not None and not self.newer_pending(name, m):
@@ -596,15 +634,15 @@ class MeshService:
                     f"{url}/exec",
                     data=json.dumps(body),
                     headers={FORWARDED_HEADER: self.peer_id, "Content-Type": "application/json"},
+                    allow_redirects=False,
                 ) as r:
                     payload = await r.json(content_type=None)
                     if r.status == 404:
                         continue
                     if r.status >= 400:
-                        err = payload.get("error", {}) if isinstance(payload, dict) else {}
-                        e = NebulaError(err.get("message", f"peer answered {r.status}"))
-                        e.code, e.status = err.get("code", "peer_error"), r.status
-                        raise e
+                        raise _peer_error(r.status, payload, r.headers.get("Retry-After"))
+                    if not isinstance(payload, dict):
+                        raise ValueError("peer answered something other than a JSON object")
                     return payload, r.headers.get("X-Nebula-Peer", peer)
             except (TimeoutError, aiohttp.ClientError, ValueError) as e:
                 last = e
@@ -632,6 +670,22 @@ class MeshService:
             }
             for r in sorted(self.table.connected_peers(), key=lambda r: r.peer_id)
         ]
+
+
+def _peer_error(status: int, payload: Any, retry_after: str | None) -> NebulaError:
+    """A peer's error answer to a forwarded call, passed on with its code and status."""
+    err = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(err, dict):
+        err = {}
+    message = str(err.get("message") or f"peer answered {status}")
+    if status == 503:
+        try:
+            return Overloaded(message, retry_after=int(retry_after or 1))
+        except ValueError:
+            return Overloaded(message)
+    e = NebulaError(message)
+    e.code, e.status = str(err.get("code") or "peer_error"), status
+    return e
 
 
 def _ip_of(addrs: tuple[str, ...]) -> str | None:

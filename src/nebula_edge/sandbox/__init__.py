@@ -47,6 +47,8 @@ class Sandbox:
         self.engines.add_tick_hook(self.police.tick)
         self._lock = threading.Lock()
         self._loaded: dict[tuple[str, str], Compiled] = {}
+        self._limits_cache: dict[Limits, Limits] = {}
+        """Effective limits per requested limits (frozen, hashable); a handful of values."""
 
     def close(self) -> None:
         self.engines.close()
@@ -117,6 +119,17 @@ class Sandbox:
         they compile, and the manifest's ABI and export exist with a usable signature.
         Compiles once, for the engine the module will run on, and fills the cache."""
         c = self.load(m, read_bytes)
+        order = m.order
+        if order is not None and order.get("op") == "deploy":
+            # The order signs what was asked (abi/export, or null = detect): detection is
+            # a function of the bytes, so every agent must reach the manifest's answer.
+            abi, export = order.get("abi"), order.get("export")
+            if (abi is not None and not isinstance(abi, str)) or \
+                    (export is not None and not isinstance(export, str)):
+                raise InvalidModule("the signed order's abi/export are not strings")
+            if self._choose(c.module, m.name, abi, export) != (m.abi, m.export):
+                raise InvalidModule("the manifest's abi/export differ from what its signed "
+                                    "order selects in these bytes")
         if m.abi == "wasi":
             if "_start" not in c.functions:
                 raise InvalidModule("manifest says abi wasi but the module has no _start")
@@ -149,12 +162,13 @@ class Sandbox:
         """Run one call; returns ``{"result": ...}`` (or ``{"output": ...}`` for non-JSON
         WASI stdout). Raises the ``NebulaError`` that describes any failure."""
         c = self.load(m, read_bytes)
-        limits = self.effective_limits(m.limits)
+        limits = self._limits_cache.get(m.limits)
+        if limits is None:
+            limits = self._limits_cache[m.limits] = self.effective_limits(m.limits)
         if m.abi == "wasi":
             return call_wasi(c, limits, arg if args is None else args, self.police)
         assert m.export is not None
         if args is None:
-            ft = c.functions.get(m.export)
-            nparams = len(ft.params) if ft is not None else 0
+            nparams = len(c.params.get(m.export, ()))
             args = [] if arg is None and nparams == 0 else [arg]
         return {"result": call_export(c, m.export, limits, args)}

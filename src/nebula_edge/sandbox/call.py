@@ -72,20 +72,21 @@ class OutputPolice:
                     os.ftruncate(fd, 0)
 
 
-def _to_wasm(value: Any, typ: str, sig: str) -> int | float:
+class _BadArg(Exception):
+    pass
+
+
+def _to_wasm(value: Any, typ: str) -> int | float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidArguments(f"argument {value!r} is not a number; the export takes {sig}",
-                               signature=sig)
+        raise _BadArg(f"argument {value!r} is not a number")
     if typ in INT_RANGES:
         if isinstance(value, float):
             if not value.is_integer():
-                raise InvalidArguments(f"argument {value!r} is not an integer; the export "
-                                       f"takes {sig}", signature=sig)
+                raise _BadArg(f"argument {value!r} is not an integer")
             value = int(value)
         lo, hi = INT_RANGES[typ]
         if not lo <= value <= hi:
-            raise InvalidArguments(f"argument {value} does not fit {typ}; the export takes {sig}",
-                                   signature=sig)
+            raise _BadArg(f"argument {value} does not fit {typ}")
         bits = 32 if typ == "i32" else 64
         # Unsigned spellings (e.g. 4294967295 for i32) wrap to the signed value wasm sees.
         if value >= 2 ** (bits - 1):
@@ -93,8 +94,7 @@ def _to_wasm(value: Any, typ: str, sig: str) -> int | float:
         return int(value)
     f = float(value)
     if typ == "f32" and math.isfinite(f) and abs(f) > 3.4028235e38:
-        raise InvalidArguments(f"argument {value} does not fit f32; the export takes {sig}",
-                               signature=sig)
+        raise _BadArg(f"argument {value} does not fit f32")
     return f
 
 
@@ -145,14 +145,18 @@ def _map_trap(e: Exception, limits: Limits) -> Exception:
 def call_export(c: Compiled, export: str, limits: Limits, args: list[Any]) -> Any:
     """Call ``export`` with JSON ``args``; one result as a value, several as a list."""
     ft = c.functions.get(export)
-    if ft is None:
+    params = c.params.get(export)
+    if ft is None or params is None:
         raise InvalidModule(f"module has no exported function {export!r}")
-    sig = describe(ft)
-    params = [str(p) for p in ft.params]
     if len(args) != len(params):
+        sig = describe(ft)
         raise InvalidArguments(f"{export} takes {len(params)} argument(s) {sig}, got {len(args)}",
                                signature=sig)
-    wargs = [_to_wasm(a, t, sig) for a, t in zip(args, params, strict=True)]
+    try:
+        wargs = [_to_wasm(a, t) for a, t in zip(args, params, strict=True)]
+    except _BadArg as e:  # the signature string is built only when it is needed
+        sig = describe(ft)
+        raise InvalidArguments(f"{e}; the export takes {sig}", signature=sig) from None
     store = _new_store(c, limits)
     try:
         if c.needs_wasi:

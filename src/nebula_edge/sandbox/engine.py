@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,8 @@ class Compiled:
     needs_wasi: bool
     functions: dict[str, wasmtime.FuncType]
     from_cache: bool
+    params: dict[str, list[str]] = field(default_factory=dict)
+    """Parameter kinds per export, read once: ``FuncType.params`` is an FFI round trip."""
 
 
 class Engines:
@@ -177,7 +179,9 @@ class Engines:
         functions = {
             e.name: e.type for e in module.exports if isinstance(e.type, wasmtime.FuncType)
         }
-        return Compiled(sha, flavor, engine, module, pre, needs_wasi, functions, from_cache)
+        params = {n: [str(p) for p in ft.params] for n, ft in functions.items()}
+        return Compiled(sha, flavor, engine, module, pre, needs_wasi, functions, from_cache,
+                        params)
 
     def evict(self, sha: str) -> None:
         for p in self.cache_dir.glob(f"{sha}.*.cwasm"):

@@ -48,10 +48,13 @@ class ModuleStore:
     """Content-addressed blobs plus the manifest index. See the module docstring."""
 
     def __init__(self, root: Path, keep: int = 5,
-                 on_quarantine: Callable[[str], None] | None = None) -> None:
+                 on_quarantine: Callable[[str], None] | None = None,
+                 on_gc: Callable[[str], None] | None = None) -> None:
         self.root = root
         self.keep = keep
         self._on_quarantine = on_quarantine or (lambda sha: None)
+        self._on_gc = on_gc or (lambda sha: None)
+        """Called with each sha256 whose blob or compiled code was deleted."""
         self.blob_dir = root / "blobs"
         self.manifest_dir = root / "manifests"
         self.tomb_dir = root / "tombstones"
@@ -173,17 +176,26 @@ class ModuleStore:
         return data
 
     def _gc_blobs(self) -> None:
-        """Delete blobs, and compiled code (``cache/<sha256>.*``), no manifest names."""
+        """Delete blobs, and compiled code (``cache/<sha256>.*``), no manifest names.
+
+        Under the lock: a deploy pins its sha256 under the same lock before writing, so
+        nothing it is writing can be taken away between the check and the unlink."""
+        gone: set[str] = set()
         with self._lock:
             live = {m.sha256 for ms in self._versions.values() for m in ms} | set(self._pinned)
-        for p in self.blob_dir.iterdir():
-            if p.name not in live and not p.name.startswith("."):
-                with contextlib.suppress(FileNotFoundError):
-                    p.unlink()
-        for p in self.cache_dir.iterdir():
-            if p.name.split(".", 1)[0] not in live and not p.name.startswith("."):
-                with contextlib.suppress(FileNotFoundError):
-                    p.unlink()
+            for p in self.blob_dir.iterdir():
+                if p.name not in live and not p.name.startswith("."):
+                    with contextlib.suppress(FileNotFoundError):
+                        p.unlink()
+                        gone.add(p.name)
+            for p in self.cache_dir.iterdir():
+                sha = p.name.split(".", 1)[0]
+                if sha not in live and not p.name.startswith("."):
+                    with contextlib.suppress(FileNotFoundError):
+                        p.unlink()
+                        gone.add(sha)
+        for sha in gone:
+            self._on_gc(sha)
 
     def pin(self, sha: str) -> None:
         """Keep ``sha``'s blob and compiled code from GC until ``unpin`` (a deploy in
