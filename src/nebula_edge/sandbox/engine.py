@@ -70,6 +70,7 @@ class Compiled:
     functions: dict[str, wasmtime.FuncType]
     from_cache: bool
     params: dict[str, list[str]] = field(default_factory=dict)
+    has_initialize: bool = False
     """Parameter kinds per export, read once: ``FuncType.params`` is an FFI round trip."""
 
 
@@ -181,7 +182,7 @@ class Engines:
         }
         params = {n: [str(p) for p in ft.params] for n, ft in functions.items()}
         return Compiled(sha, flavor, engine, module, pre, needs_wasi, functions, from_cache,
-                        params)
+                        params, "_initialize" in functions)
 
     def evict(self, sha: str) -> None:
         for p in self.cache_dir.glob(f"{sha}.*.cwasm"):
