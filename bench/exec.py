@@ -47,6 +47,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cpu import process_cpu_seconds, system_busy_seconds  # bench/ is on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
 WASM = ROOT / "sample" / "double" / "double.wasm"
 CONNECTIONS = 32
@@ -167,26 +169,6 @@ def http(method: str, url: str, body: str | None = None, timeout: float = 5.0) -
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read())
-
-
-def process_cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a process (all its threads), from /proc."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def system_busy_seconds() -> float | None:
-    """CPU time all CPUs spent busy since boot (non-idle, non-iowait), from /proc/stat."""
-    try:
-        first = Path("/proc/stat").read_text().splitlines()[0].split()
-    except (OSError, IndexError):
-        return None
-    ticks = [int(x) for x in first[1:9]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def own_cpu_seconds(who: int) -> float:

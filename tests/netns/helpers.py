@@ -16,6 +16,7 @@ from typing import Any
 
 import wasmtime
 
+import agents
 from agents import SAMPLES
 
 from .lab import PORT, Lab
@@ -32,21 +33,10 @@ restarting libp2p counts)."""
 
 
 # ------------------------------------------------------------------------------ Wasm
-def uleb128(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def with_custom_section(wasm: bytes, name: str, size: int) -> bytes:
-    """``wasm`` with a custom section (id 0: LEB128 size, name, payload) of ``size``
-    random bytes appended: same code, bigger module."""
-    raw = name.encode()
-    content = uleb128(len(raw)) + raw + os.urandom(size)
-    return wasm + b"\x00" + uleb128(len(content)) + content
+    """``wasm`` with a custom section of ``size`` random bytes appended: same code,
+    bigger module."""
+    return agents.with_custom_section(wasm, name, os.urandom(size))
 
 
 def times_k(export: str, k: int, op: str = "mul") -> bytes:
