@@ -71,6 +71,7 @@ class Compiled:
     from_cache: bool
     params: dict[str, list[str]] = field(default_factory=dict)
     has_initialize: bool = False
+    results: dict[str, list[str]] = field(default_factory=dict)
     """Parameter kinds per export, read once: ``FuncType.params`` is an FFI round trip."""
 
 
@@ -181,8 +182,9 @@ class Engines:
             e.name: e.type for e in module.exports if isinstance(e.type, wasmtime.FuncType)
         }
         params = {n: [str(p) for p in ft.params] for n, ft in functions.items()}
+        results = {n: [str(r) for r in ft.results] for n, ft in functions.items()}
         return Compiled(sha, flavor, engine, module, pre, needs_wasi, functions, from_cache,
-                        params, "_initialize" in functions)
+                        params, "_initialize" in functions, results)
 
     def evict(self, sha: str) -> None:
         for p in self.cache_dir.glob(f"{sha}.*.cwasm"):
