@@ -9,7 +9,7 @@ at its own HTTP API and from peers alike. Without trusted keys the agent runs op
 Orders are small canonical-JSON objects; what each one binds::
 
     deploy    {"op","name","sha256","size","abi","export","limits","at","key"}
-    rollback  {"op","name","sha256","at","key"}
+    rollback  {"op","name","sha256","abi","export","limits","at","key"}
     delete    {"op","name","at","key"}
 
 ``abi``/``export`` are what was requested (``null`` = detect): detection is a function of
@@ -167,14 +167,18 @@ def check_manifest(m: Manifest, trusted: frozenset[str], now: float | None = Non
     assert o is not None
     same = (o.get("name") == m.name and o.get("sha256") == m.sha256
             and o.get("at") == m.deployed_at and o.get("key") == m.publisher)
+    try:
+        limits = parse_limits(o.get("limits") or {})
+    except BadRequest:
+        limits = None
     if o.get("op") == "deploy":
-        try:
-            limits = parse_limits(o.get("limits") or {})
-        except BadRequest:
-            limits = None
         same = same and (o.get("size") == m.size and limits == m.limits
                          and o.get("abi") in (None, m.abi) and o.get("export") in (None, m.export))
-    elif o.get("op") != "rollback":
+    elif o.get("op") == "rollback":
+        # Binds how the old bytes are run again, not only which bytes.
+        same = same and (limits == m.limits and o.get("abi") == m.abi
+                         and o.get("export") == m.export)
+    else:
         same = False
     if not same:
         raise Forbidden("the signed order does not describe this module version")

@@ -30,7 +30,7 @@ from nebula_edge.errors import (
     PayloadTooLarge,
     StoreError,
 )
-from nebula_edge.manifest import Manifest, Tombstone, check_name
+from nebula_edge.manifest import Manifest, Tombstone, check_name, parse_limits
 from nebula_edge.metrics import Metrics
 from nebula_edge.sandbox import Sandbox
 from nebula_edge.store import ModuleStore
@@ -249,7 +249,10 @@ class Node:
             if not match:
                 raise ModuleNotFound(f"{name} has no kept version with the signed sha256")
             prev = match[-1]
-        m = self._new_manifest(name, prev.sha256, prev.size, prev.abi, prev.export, prev.limits,
+        limits = prev.limits
+        if signed is not None and "limits" in signed.order:
+            limits = parse_limits(signed.order["limits"])  # the signer's, checked below
+        m = self._new_manifest(name, prev.sha256, prev.size, prev.abi, prev.export, limits,
                                rollback_of=prev.version, signed=signed)
         self._check(m)
         await asyncio.get_running_loop().run_in_executor(None, self.store.put_manifest, m)

@@ -282,8 +282,10 @@ def run(argv: list[str] | None = None) -> int:
             info, _ = c.call("GET", f"/modules/{quoted}")
             if len(info["versions"]) < 2:
                 raise CliError(f"{a.rollback} has no previous version to roll back to")
+            prev = info["versions"][1]
             sign_headers = signer.headers({"op": "rollback", "name": a.rollback,
-                                           "sha256": info["versions"][1]["sha256"]})
+                                           "sha256": prev["sha256"], "abi": prev["abi"],
+                                           "export": prev["export"], "limits": prev["limits"]})
         out, _ = c.call("POST", f"/modules/{quoted}/rollback", headers=sign_headers)
         m = out["module"]
         text = f"rolled {m['name']} back: v{m['version']} now runs the bytes of v{m['rollback_of']}"
