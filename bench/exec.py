@@ -34,7 +34,6 @@ import platform
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,7 +46,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cpu import process_cpu_seconds, system_busy_seconds  # bench/ is on sys.path
+from benchlib import (  # bench/ is on sys.path
+    find_tool,
+    free_port,
+    log,
+    process_cpu_seconds,
+    system_busy_seconds,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 WASM = ROOT / "sample" / "double" / "double.wasm"
@@ -139,30 +144,6 @@ def _round(x: float | None) -> float | None:
 
 
 # ---------------------------------------------------------------------------- helpers
-def log(msg: str, quiet: bool) -> None:
-    if not quiet:
-        print(msg, file=sys.stderr, flush=True)
-
-
-def find_tool(name: str) -> str:
-    """A console script of this project: next to the running interpreter, else in the
-    repository's .venv, else on PATH."""
-    for cand in (Path(sys.executable).parent / name, ROOT / ".venv" / "bin" / name):
-        if cand.is_file() and os.access(cand, os.X_OK):
-            return str(cand)
-    found = shutil.which(name)
-    if found is None:
-        raise SystemExit(f"bench: cannot find {name!r} (run `make setup`)")
-    return found
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def http(method: str, url: str, body: str | None = None, timeout: float = 5.0) -> Any:
     data = body.encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method,

@@ -324,34 +324,8 @@ def start_agent(data_root: Path, *extra_args: str, port: int | None = None,
     data = data_root if data_flag else run_dir / "data"
     argv = edge_argv(data_root if data_flag else None, extra_args, port, p2p_port, mesh)
     log_path = data_root / f"edge-{port}-{time.monotonic_ns()}.log"
-    log_file = open(log_path, "wb")  # noqa: SIM115 - closed by Agent.stop
-    proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, cwd=run_dir, env=edge_env(env))
-    _LIVE[proc.pid] = proc
-    agent = Agent(proc, port, p2p_port, data, log_path, log_file, argv, run_dir)
-
-    def healthy() -> bool:
-        if not agent.alive():
-            raise RuntimeError("exited")
-        status, body, _ = agent.get("/healthz", timeout=2)
-        return status == 200 and body.get("status") == "ok"
-
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            if healthy():
-                return agent
-        except RuntimeError:
-            code = agent.stop()
-            raise AssertionError(f"edge exited with code {code} before answering /healthz; "
-                                 f"argv {argv}; log:\n{agent.log()[-4000:]}") from None
-        except (OSError, ValueError):
-            pass
-        if time.monotonic() >= deadline:
-            agent.stop()
-            raise AssertionError(f"edge did not answer /healthz within {wait_s} s; argv {argv};"
-                                 f" log:\n{agent.log()[-4000:]}")
-        time.sleep(0.05)
+    return _spawn(argv, port=port, p2p_port=p2p_port, data=data, cwd=run_dir,
+                  log_path=log_path, env=env, wait_s=wait_s)
 
 
 def run_edge(data_root: Path, *extra_args: str, port: int | None = None,
@@ -423,7 +397,14 @@ def launch_agent(args: list[str], *, port: int, p2p_port: int, data: Path, cwd: 
     """Start ``edge ARGS...`` exactly as given (no ``-bind``, ``-data`` or ports added: the
     caller says what ``port``/``p2p_port``/``data`` those args amount to) and wait until
     ``/healthz`` answers 200 on 127.0.0.1. For commands typed as a README shows them."""
-    argv = [str(EDGE), *args]
+    return _spawn([str(EDGE), *args], port=port, p2p_port=p2p_port, data=data, cwd=cwd,
+                  log_path=log_path, env=env, wait_s=wait_s)
+
+
+def _spawn(argv: list[str], *, port: int, p2p_port: int, data: Path, cwd: Path,
+           log_path: Path, env: dict[str, str] | None, wait_s: float) -> Agent:
+    """Start ``argv`` logging to ``log_path`` and wait until ``/healthz`` answers 200;
+    an agent that exits or never answers fails the test with the tail of its log."""
     log_file = open(log_path, "wb")  # noqa: SIM115 - closed by Agent.stop
     proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, cwd=cwd, env=edge_env(env))
