@@ -88,7 +88,9 @@ class MeshService:
         self._untrusted: set[str] = set()
         self._too_big: set[str] = set()
         self._syncing: dict[str, asyncio.Task[None]] = {}
-        self._synced_at: dict[str, float] = {}
+        self._sync_began: dict[str, float] = {}
+        self._sync_again: set[str] = set()
+        self._infos: dict[str, asyncio.Task[None]] = {}
         self._http: aiohttp.ClientSession | None = None
         self.mdns: MdnsService | None = None
         ips = list(config.advertise) or interface_ips(list(config.mdns_interfaces) or None)
@@ -198,7 +200,7 @@ class MeshService:
         if self.table.connected(ev.peer_id, ev.addrs, time.time()):
             log.info("peer joined: %s (%s)", ev.peer_id, ", ".join(ev.addrs[:2]))
         self.metrics.peers.set(len(self.table.connected_peers()))
-        self._spawn(self._learn_info(ev.peer_id))
+        self._info(ev.peer_id)
         self._sync(ev.peer_id)
 
     def _on_found(self, peer: DiscoveredPeer) -> None:
@@ -230,6 +232,17 @@ class MeshService:
     ) -> bytes:
         fut = self.p2p.request(peer, protocol, payload, timeout=timeout, max_response=max_response)
         return await asyncio.wait_for(asyncio.wrap_future(fut), timeout + 1)
+
+    def _info(self, peer: str) -> asyncio.Task[None]:
+        """Learn a peer's HTTP URL (at most one request per peer in flight)."""
+        task = self._infos.get(peer)
+        if task is None or task.done():
+            task = self._infos[peer] = self._spawn(self._learn_info(peer))
+        return task
+
+    def _http_url(self, peer: str) -> str | None:
+        rec = self.table.get(peer)
+        return rec.http_url if rec is not None else None
 
     async def _learn_info(self, peer: str) -> None:
         """A connected peer's HTTP URL: its own word over the authenticated connection
@@ -500,22 +513,26 @@ class MeshService:
             for rec in self.table.connected_peers():
                 self._sync(rec.peer_id)
 
-    def _sync(self, peer: str, min_gap: float = 0.0) -> asyncio.Task[None] | None:
-        """Sync with ``peer``: the sync already running if there is one; none if the last
-        one ended less than ``min_gap`` seconds ago."""
+    def _sync(self, peer: str, since: float | None = None) -> asyncio.Task[None]:
+        """Sync with ``peer``, at most one sync per peer in flight. With ``since``, the
+        returned task ends only after a sync round that began at or after ``since``: a
+        round already running that began earlier (and so may have missed a module that
+        landed on the peer since) is followed by another one."""
         task = self._syncing.get(peer)
         if task is not None and not task.done():
+            if since is not None and self._sync_began.get(peer, -1e9) < since:
+                self._sync_again.add(peer)
             return task
-        if min_gap and time.monotonic() - self._synced_at.get(peer, -1e9) < min_gap:
-            return None
         task = self._syncing[peer] = self._spawn(self._sync_with(peer))
         return task
 
     async def _sync_with(self, peer: str) -> None:
-        try:
+        while True:
+            self._sync_again.discard(peer)
+            self._sync_began[peer] = time.monotonic()
             await self._sync_once(peer)
-        finally:
-            self._synced_at[peer] = time.monotonic()
+            if peer not in self._sync_again:
+                return
 
     async def _sync_once(self, peer: str) -> None:
         req = wire.encode_sync_request(wire.SyncRequest(self._digest()))
@@ -592,12 +609,14 @@ class MeshService:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._joined.wait(),
                                        max(0.0, deadline - time.monotonic()))
+        asked = time.monotonic()
         syncs: list[asyncio.Task[Any]] = []
         if not self._pending_for(name):
             # At most one sync per peer in flight, however many calls ask for unknown
-            # names (a fresh one each time: the module may have landed a moment ago).
-            syncs = [t for r in self.table.connected_peers()
-                     if (t := self._sync(r.peer_id)) is not None]
+            # names, and one that began after this call did: the module may have landed
+            # on a peer a moment ago, its announcement still on the way.
+            syncs = [self._sync(r.peer_id, since=asked)
+                     for r in self.table.connected_peers()]
         while True:
             m = self.store.current(name)
             if m is not None and not self.newer_pending(name, m):
@@ -617,11 +636,12 @@ class MeshService:
     async def forward(self, name: str, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
         """Run the call on a peer that holds ``name``; one hop at most."""
         assert self._http is not None
-        urls = [
-            (r.peer_id, r.http_url)
-            for r in self.table.connected_peers()
-            if r.http_url and name in self._names.get(r.peer_id, set())
-        ]
+        holding = [r.peer_id for r in self.table.connected_peers()
+                   if name in self._names.get(r.peer_id, set())]
+        unknown = [self._info(p) for p in holding if not self._http_url(p)]
+        if unknown:  # a peer that has just joined: its HTTP URL is a moment away
+            await asyncio.wait(unknown, timeout=self.config.fetch_wait_s)
+        urls = [(p, url) for p in holding if (url := self._http_url(p))]
         if not urls:
             raise ModuleNotFound(
                 f"no module named {name!r} on this agent or its "
