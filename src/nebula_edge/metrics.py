@@ -35,6 +35,10 @@ class Metrics:
             "nebula_edge_compile_cache_total",
             "Compiled-code loads by outcome (hit = loaded from disk, miss = compiled)",
             ["outcome"], registry=r)
+        self.exec_in_flight = Gauge(
+            "nebula_edge_exec_in_flight",
+            "Calls admitted on this agent and not yet finished (running or queued)",
+            registry=r)
         self.exec_rejected_total = Counter(
             "nebula_edge_exec_rejected_total", "Calls refused because the worker queue was full",
             registry=r)

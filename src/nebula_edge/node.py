@@ -80,6 +80,7 @@ class Node:
             on_cache=lambda outcome: self.metrics.compile_cache_total.labels(outcome).inc())
         self.workers = Workers(config.workers)
         self._admitted = 0
+        self.metrics.exec_in_flight.set_function(lambda: self._admitted)
         self.node_id = f"{socket.gethostname()}:{config.port}"
         self.mesh: MeshService | None = None
         if mesh:

@@ -53,6 +53,24 @@ def test_loop_times_out_within_its_limit(agent: Agent) -> None:
     assert agent.get("/healthz")[0] == 200
 
 
+def test_agent_answers_while_a_call_spins(agent: Agent) -> None:
+    """Running Wasm does not hold the GIL: the event loop serves other requests (and the
+    epoch ticker interrupts the call) while a call spins on a worker."""
+    deploy(agent, "spin", MIS / "loop.wasm", limits={"timeout_ms": 3000})
+    deploy(agent, "double-s", DOUBLE)
+    assert agent.metric("nebula_edge_exec_in_flight") == 0
+    with ThreadPoolExecutor(1) as pool:
+        spinning = pool.submit(agent.exec, "spin")
+        wait_for(lambda: agent.metric("nebula_edge_exec_in_flight") == 1, 10,
+                 msg="the spinning call to be admitted")
+        assert agent.get("/healthz")[0] == 200
+        assert agent.exec("double-s", 21)[:2] == (200, {"result": 42})
+        assert not spinning.done(), "the spinning call ended before the agent answered"
+        assert agent.metric("nebula_edge_exec_in_flight") == 1
+        error_of(spinning.result(30), 504, "exec_timeout")
+    assert agent.metric("nebula_edge_exec_in_flight") == 0
+
+
 def test_loop_with_fuel_runs_out_of_fuel(agent: Agent) -> None:
     deploy(agent, "loop-fuel", MIS / "loop.wasm", limits={"fuel": 100_000, "timeout_ms": 5000})
     t0 = time.monotonic()
