@@ -26,12 +26,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import importlib.metadata
 import json
 import os
 import platform
-import resource
 import shutil
 import signal
 import statistics
@@ -47,11 +45,15 @@ from pathlib import Path
 from typing import Any
 
 from benchlib import (  # bench/ is on sys.path
+    Floor,
+    OtherLoad,
     find_tool,
     free_port,
     log,
     process_cpu_seconds,
-    system_busy_seconds,
+    round1,
+    sample_sandbox,
+    timed_loop,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,35 +82,6 @@ end
 
 # ---------------------------------------------------------------------------- results
 @dataclass
-class Floor:
-    name: str
-    calls: int
-    seconds: float
-    cpu_seconds: float
-    """CPU time of the measuring thread: less sensitive than wall time to other jobs."""
-    other_cpu_pct: float | None = None
-
-    @property
-    def calls_per_s(self) -> float:
-        return self.calls / self.seconds if self.seconds else 0.0
-
-    @property
-    def us_per_call(self) -> float:
-        return self.seconds / self.calls * 1e6 if self.calls else 0.0
-
-    @property
-    def cpu_us_per_call(self) -> float:
-        return self.cpu_seconds / self.calls * 1e6 if self.calls else 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "calls": self.calls, "seconds": round(self.seconds, 3),
-                "calls_per_s": round(self.calls_per_s, 1),
-                "us_per_call": round(self.us_per_call, 2),
-                "cpu_us_per_call": round(self.cpu_us_per_call, 2),
-                "other_cpu_pct": _round(self.other_cpu_pct)}
-
-
-@dataclass
 class LoadResult:
     route: str
     round: int
@@ -133,14 +106,10 @@ class LoadResult:
         d["seconds"] = round(self.seconds, 3)
         d["p50_ms"] = round(self.p50_ms, 3)
         d["p99_ms"] = round(self.p99_ms, 3)
-        d["agent_cpu_pct"] = _round(self.agent_cpu_pct)
-        d["agent_cpu_us_per_req"] = _round(self.agent_cpu_us_per_req)
-        d["other_cpu_pct"] = _round(self.other_cpu_pct)
+        d["agent_cpu_pct"] = round1(self.agent_cpu_pct)
+        d["agent_cpu_us_per_req"] = round1(self.agent_cpu_us_per_req)
+        d["other_cpu_pct"] = round1(self.other_cpu_pct)
         return d
-
-
-def _round(x: float | None) -> float | None:
-    return None if x is None else round(x, 1)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -150,36 +119,6 @@ def http(method: str, url: str, body: str | None = None, timeout: float = 5.0) -
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read())
-
-
-def own_cpu_seconds(who: int) -> float:
-    r = resource.getrusage(who)
-    return r.ru_utime + r.ru_stime
-
-
-class OtherLoad:
-    """Measures CPU used on the machine by anything but the processes we account for
-    (other jobs on a shared box make a run noisy; this says how noisy)."""
-
-    def __init__(self, agent_pid: int | None = None) -> None:
-        self.agent_pid = agent_pid
-        self.t0 = time.monotonic()
-        self.busy0 = system_busy_seconds()
-        self.ours0 = self._ours()
-
-    def _ours(self) -> float:
-        agent = process_cpu_seconds(self.agent_pid) if self.agent_pid is not None else 0.0
-        return (own_cpu_seconds(resource.RUSAGE_SELF)
-                + own_cpu_seconds(resource.RUSAGE_CHILDREN) + (agent or 0.0))
-
-    def percent(self) -> float | None:
-        """Other processes' CPU since construction, in % of one CPU."""
-        busy1 = system_busy_seconds()
-        if self.busy0 is None or busy1 is None:
-            return None
-        wall = time.monotonic() - self.t0
-        other = (busy1 - self.busy0) - (self._ours() - self.ours0)
-        return max(0.0, 100 * other / wall) if wall > 0 else None
 
 
 @dataclass(frozen=True)
@@ -226,26 +165,6 @@ def pinned_self(cpus: set[int] | None) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------- floors
-def timed_loop(name: str, fn: Callable[[], object], seconds: float, warmup: float) -> Floor:
-    """Call ``fn`` repeatedly: ``warmup`` seconds unrecorded, then ``seconds`` recorded."""
-    end = time.perf_counter() + warmup
-    while time.perf_counter() < end:
-        for _ in range(100):
-            fn()
-    other = OtherLoad()
-    calls = 0
-    c0 = time.thread_time()
-    t0 = time.perf_counter()
-    end = t0 + seconds
-    now = t0
-    while now < end:
-        for _ in range(100):
-            fn()
-        calls += 100
-        now = time.perf_counter()
-    return Floor(name, calls, now - t0, time.thread_time() - c0, other.percent())
-
-
 def wasmtime_floor(wasm: bytes, seconds: float, warmup: float) -> Floor:
     """wasmtime-py directly: default Config, one Linker (with WASI defined, as an agent
     would have), one InstancePre; per call a fresh Store + instantiate + call."""
@@ -272,31 +191,15 @@ def wasmtime_floor(wasm: bytes, seconds: float, warmup: float) -> Floor:
 
 def sandbox_floor(wasm: bytes, seconds: float, warmup: float) -> Floor:
     """Our Sandbox.call in-process, with the agent's default limits."""
-    from nebula_edge.config import EdgeConfig, Limits
-    from nebula_edge.manifest import Manifest
-    from nebula_edge.sandbox import Sandbox
+    with sample_sandbox(wasm, "double") as (sandbox, m, read):
 
-    cfg = EdgeConfig()
-    with tempfile.TemporaryDirectory(prefix="nebula-bench-sandbox-") as tmp:
-        sandbox = Sandbox(Path(tmp), cfg.default_limits, cfg.max_limits)
-        try:
-            abi, export = sandbox.inspect(wasm, "double", None, None)
-            m = Manifest(name="double", version=1, sha256=hashlib.sha256(wasm).hexdigest(),
-                         size=len(wasm), abi=abi, export=export, limits=Limits(),
-                         deployed_at=time.time(), publisher="bench")
+        def once() -> object:
+            return sandbox.call(m, read, ARG, None)
 
-            def read() -> bytes:
-                return wasm
-
-            def once() -> object:
-                return sandbox.call(m, read, ARG, None)
-
-            got = once()
-            if got != {"result": 2 * ARG}:
-                raise SystemExit(f"bench: Sandbox.call(double, {ARG}) returned {got!r}")
-            return timed_loop("Sandbox.call (nebula_edge.sandbox)", once, seconds, warmup)
-        finally:
-            sandbox.close()
+        got = once()
+        if got != {"result": 2 * ARG}:
+            raise SystemExit(f"bench: Sandbox.call(double, {ARG}) returned {got!r}")
+        return timed_loop("Sandbox.call (nebula_edge.sandbox)", once, seconds, warmup)
 
 
 # ---------------------------------------------------------------------------- agent

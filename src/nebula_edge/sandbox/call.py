@@ -15,11 +15,13 @@ most a tick's worth of memory and ends as ``output_too_large``.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import math
 import os
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import wasmtime
@@ -113,16 +115,6 @@ def check_signature(ft: Any, export: str) -> None:
                             "f32 and f64 parameters and results are supported")
 
 
-def _new_store(c: Compiled, limits: Limits) -> wasmtime.Store:
-    store = wasmtime.Store(c.engine)
-    store.set_limits(memory_size=(limits.memory_mb or 64) * MiB)
-    ticks = math.ceil((limits.timeout_ms or 1000) / 1000 / TICK_S) + 1
-    store.set_epoch_deadline(ticks)
-    if c.flavor.fuel:
-        store.set_fuel(limits.fuel or 0)
-    return store
-
-
 def _map_trap(e: Exception, limits: Limits) -> Exception:
     if isinstance(e, wasmtime.Trap):
         code = e.trap_code
@@ -199,13 +191,20 @@ _export_get = _held("wasmtime_instance_export_get")
 _NO_FINALIZER = ctypes.cast(0, ctypes.CFUNCTYPE(None, ctypes.c_void_p))
 
 
-def _fast_call(c: Compiled, export: bytes, limits: Limits, params: list[str],
-               results: list[str], args: list[int | float]) -> Any:
-    """One call of a numeric export through wasmtime's C API: a fresh Store with this
-    call's limits, instantiate, ``_initialize`` if the module has one, the call, and the
-    Store deleted before returning. Measured 26 us for ``double`` against wasmtime-py's
-    own Store + instantiate + call at 50 us (no per-call type reads, no ``Val`` boxing,
-    one export looked up instead of all of them wrapped, no Python Store object)."""
+_config_stdin = _held("wasi_config_set_stdin_bytes")
+_config_stdout = _held("wasi_config_set_stdout_file")
+_config_stderr = _held("wasi_config_set_stderr_file")
+_byte_vec_new = _held("wasm_byte_vec_new")
+
+
+@contextlib.contextmanager
+def _instance(c: Compiled, limits: Limits, stdio: tuple[bytes, int, int] | None = None
+              ) -> Iterator[tuple[Any, Any]]:
+    """``(context, instance)``: the module instantiated in a fresh Store with this call's
+    limits, all through wasmtime's C API (no Python Store object). The Store is deleted on
+    leaving. ``stdio`` (stdin bytes, stdout and stderr fds) gives the module a WASI
+    context; a module that imports WASI gets one anyway, with nothing behind it. Either
+    way: no preopened directory, no environment, no arguments."""
     store = _store_new(c.engine.ptr(), None, _NO_FINALIZER)
     try:
         ctx = _store_context(store)
@@ -213,13 +212,39 @@ def _fast_call(c: Compiled, export: bytes, limits: Limits, params: list[str],
         _set_epoch_deadline(ctx, math.ceil((limits.timeout_ms or 1000) / 1000 / TICK_S) + 1)
         if c.flavor.fuel:
             _check(_set_fuel(ctx, limits.fuel or 0), None)
-        if c.needs_wasi:  # nothing preopened, no env, no args; stdout/stderr go nowhere
-            _check(_set_wasi(ctx, _wasi_config_new()), None)
+        if stdio is not None or c.needs_wasi:
+            _check(_set_wasi(ctx, _wasi_config(stdio)), None)  # takes the config over
         inst = ffi.wasmtime_instance_t()
         trap = ctypes.POINTER(ffi.wasm_trap_t)()
         # Releases the GIL: instantiation runs the module's start function, if any.
         _check(ffi.wasmtime_instance_pre_instantiate(c.pre.ptr(), ctx, ctypes.byref(inst),
                                                      ctypes.byref(trap)), trap)
+        yield ctx, inst
+    finally:
+        _store_delete(store)
+
+
+def _wasi_config(stdio: tuple[bytes, int, int] | None) -> Any:
+    cfg = _wasi_config_new()
+    if stdio is not None:
+        stdin, out_fd, err_fd = stdio
+        vec = ffi.wasm_byte_vec_t()
+        _byte_vec_new(ctypes.byref(vec), len(stdin),
+                      (ctypes.c_ubyte * len(stdin)).from_buffer_copy(stdin))
+        _config_stdin(cfg, ctypes.byref(vec))  # takes the vector's contents over
+        for set_file, fd in ((_config_stdout, out_fd), (_config_stderr, err_fd)):
+            if not set_file(cfg, f"/proc/self/fd/{fd}".encode()):
+                raise ExecError("cannot attach the call's output buffer")
+    return cfg
+
+
+def _fast_call(c: Compiled, export: bytes, limits: Limits, params: list[str],
+               results: list[str], args: list[int | float]) -> Any:
+    """One call of a numeric export: ``_initialize`` first if the module has one. Measured
+    26 us for ``double`` against wasmtime-py's own Store + instantiate + call at 50 us (no
+    per-call type reads, no ``Val`` boxing, one export looked up instead of all of them
+    wrapped, no Python Store object)."""
+    with _instance(c, limits) as (ctx, inst):
         if c.has_initialize:
             init = _export_func(ctx, inst, b"_initialize")
             if init is not None:
@@ -228,8 +253,6 @@ def _fast_call(c: Compiled, export: bytes, limits: Limits, params: list[str],
         if fn is None:
             raise InvalidModule(f"module has no exported function {export.decode()!r}")
         return _call_raw(ctx, fn, params, results, args)
-    finally:
-        _store_delete(store)
 
 
 def _check(error: Any, trap: Any) -> None:
@@ -266,14 +289,6 @@ def _export_func(ctx: Any, inst: Any, name: bytes) -> Any:
     return item.of.func
 
 
-def _set_stdin_bytes(cfg: wasmtime.WasiConfig, data: bytes) -> None:
-    vec = ffi.wasm_byte_vec_t()
-    buf = (ctypes.c_ubyte * len(data)).from_buffer_copy(data)
-    ffi.wasm_byte_vec_new(ctypes.byref(vec), len(data), buf)
-    # The C API takes ownership of the vector's contents.
-    ffi.wasi_config_set_stdin_bytes(cfg.ptr(), ctypes.byref(vec))
-
-
 def call_wasi(c: Compiled, limits: Limits, arg: Any, police: OutputPolice) -> dict[str, Any]:
     """Run ``_start`` with ``arg`` as JSON on stdin; stdout parsed as JSON into ``result``."""
     cap = limits.max_output_bytes or MiB
@@ -283,25 +298,18 @@ def call_wasi(c: Compiled, limits: Limits, arg: Any, police: OutputPolice) -> di
     police.watch(out_fd, cap)
     police.watch(err_fd, cap)
     try:
-        cfg = wasmtime.WasiConfig()
-        _set_stdin_bytes(cfg, stdin)
-        cfg.stdout_file = f"/proc/self/fd/{out_fd}"
-        cfg.stderr_file = f"/proc/self/fd/{err_fd}"
-        store = _new_store(c, limits)
-        store.set_wasi(cfg)
         code = 0
         failure: Exception | None = None
         try:
-            inst = c.pre.instantiate(store)
-            start = inst.exports(store).get("_start")
-            if not isinstance(start, wasmtime.Func):
-                raise InvalidModule("module has no _start function (not a WASI command)")
-            start(store)
+            with _instance(c, limits, (stdin, out_fd, err_fd)) as (ctx, inst):
+                start = _export_func(ctx, inst, b"_start")
+                if start is None:
+                    raise InvalidModule("module has no _start function (not a WASI command)")
+                _call_raw(ctx, start, [], [], [])
         except wasmtime.ExitTrap as e:
             code = e.code
         except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
             failure = _map_trap(e, limits)
-        del store
         police.tick()
         out_over = police.release(out_fd)
         err_over = police.release(err_fd)
