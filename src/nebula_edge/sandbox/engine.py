@@ -73,6 +73,8 @@ class Compiled:
     has_initialize: bool = False
     results: dict[str, list[str]] = field(default_factory=dict)
     """Parameter kinds per export, read once: ``FuncType.params`` is an FFI round trip."""
+    memory_export: bytes | None = None
+    """Name of the module's exported linear memory, if it has one."""
 
 
 class Engines:
@@ -183,8 +185,11 @@ class Engines:
         }
         params = {n: [str(p) for p in ft.params] for n, ft in functions.items()}
         results = {n: [str(r) for r in ft.results] for n, ft in functions.items()}
+        memory = next((e.name for e in module.exports
+                       if isinstance(e.type, wasmtime.MemoryType)), None)
         return Compiled(sha, flavor, engine, module, pre, needs_wasi, functions, from_cache,
-                        params, "_initialize" in functions, results)
+                        params, "_initialize" in functions, results,
+                        memory.encode() if memory is not None else None)
 
     def evict(self, sha: str) -> None:
         for p in self.cache_dir.glob(f"{sha}.*.cwasm"):
