@@ -434,16 +434,21 @@ def connected(a: Agent, b: Agent) -> bool:
     return peer_id(b) in peer_ids(a) and peer_id(a) in peer_ids(b)
 
 
-def rejections(agent: Agent) -> dict[str, float]:
-    """``nebula_edge_gossip_rejected_total`` by reason (reasons at zero left out)."""
+def metric_values(agent: Agent, name: str, label: str) -> dict[str, float]:
+    """A counter with one label, by that label's value (values at zero left out)."""
     out = {}
     for line in agent.metrics().splitlines():
-        if line.startswith("nebula_edge_gossip_rejected_total{"):
-            reason = line.split('reason="', 1)[1].split('"', 1)[0]
+        if line.startswith(name + "{"):
+            key = line.split(f'{label}="', 1)[1].split('"', 1)[0]
             value = float(line.rsplit(" ", 1)[1])
             if value:
-                out[reason] = value
+                out[key] = value
     return out
+
+
+def rejections(agent: Agent) -> dict[str, float]:
+    """``nebula_edge_gossip_rejected_total`` by reason (reasons at zero left out)."""
+    return metric_values(agent, "nebula_edge_gossip_rejected_total", "reason")
 
 
 def leb128(n: int) -> bytes:

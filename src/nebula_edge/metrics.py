@@ -48,6 +48,10 @@ class Metrics:
         self.fetch_total = Counter(
             "nebula_edge_fetch_total", "Module blob fetches from peers by outcome",
             ["outcome"], registry=r)
+        self.sync_total = Counter(
+            "nebula_edge_sync_total",
+            "Catch-up syncs this agent started, by outcome (same digest, differ, failed, "
+            "malformed)", ["outcome"], registry=r)
         self.quarantined_total = Counter(
             "nebula_edge_quarantined_total", "Blobs that failed verification on read",
             registry=r)

@@ -276,7 +276,7 @@ class Node:
         or the call is forwarded to a peer holding it (never when already forwarded)."""
         check_name(name)
         m = self.store.current(name)
-        if self.mesh is not None and (m is None or self.mesh.newer_pending(name, m)):
+        if self.mesh is not None and (m is None or self.mesh.fetcher.newer_pending(name, m)):
             m = await self.mesh.obtain(name)
             if m is None and not forwarded:
                 body: dict[str, Any] = {"name": name}

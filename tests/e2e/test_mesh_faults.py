@@ -26,6 +26,7 @@ from agents import (
     AgentPool,
     connected,
     edge_env,
+    metric_values,
     p2p_addr,
     peer_id,
     peer_ids,
@@ -159,6 +160,14 @@ def test_module_over_a_peers_size_limit_is_forwarded_not_stored(
         "B ran a module larger than its -max-module-size (it took it from a peer)"
     assert "roomy" not in b.module_names()
     assert not (b.state_dir / "blobs" / hashlib.sha256(roomy).hexdigest()).exists()
+
+    # Their digests can never agree now (B will not hold roomy): each still syncs with the
+    # other about once per interval (2 s with -fast), never in a loop.
+    wait_for(lambda: b.get("/healthz")[1]["uptime_s"] > 8, 30, msg="B to run for 8 s")
+    for agent in (a, b):
+        uptime = agent.get("/healthz")[1]["uptime_s"]
+        syncs = sum(metric_values(agent, "nebula_edge_sync_total", "outcome").values())
+        assert 1 <= syncs <= uptime / 2 * 3 + 5, f"{syncs} syncs in {uptime} s"
 
 
 # ------------------------------------------------------------------------------ liveness

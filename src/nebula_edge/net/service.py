@@ -7,9 +7,9 @@ discoveries into store changes, and local changes into gossip.
 * **Announce**: a deploy, rollback or delete is published on ``TOPIC`` (small modules
   inline). A receiver verifies the message, then the bytes (sha256, size, compiles with
   the manifest's ABI and export) before storing anything.
-* **Fetch**: bytes not inline are pulled over ``BLOB_PROTOCOL`` from the announcer, else
-  any peer known to hold them, retried from the next with backoff; at most
-  ``FETCH_CONCURRENCY`` at once; one fetch per sha256 however many manifests name it.
+* **Fetch** (``net/fetch.py``): bytes not inline are pulled over ``BLOB_PROTOCOL`` from
+  the announcer, else any peer known to hold them, verified and compiled before they are
+  stored.
 * **Sync**: on every new connection and every ``sync_interval_s``, digests are compared
   and differing sets exchanged (``mesh/state.py``): an agent that starts late, restarts
   or was cut off converges without anyone deploying again.
@@ -48,6 +48,7 @@ from nebula_edge.manifest import Manifest, Tombstone
 from nebula_edge.mesh import wire
 from nebula_edge.mesh.state import PeerTable, digest, newest_first
 from nebula_edge.metrics import Metrics
+from nebula_edge.net.fetch import Fetcher
 from nebula_edge.net.mdns import DiscoveredPeer, MdnsService, interface_ips
 from nebula_edge.net.p2p import GossipMessage, P2PEvent, P2PHost, PeerConnected, PeerLost
 from nebula_edge.sandbox import Sandbox
@@ -56,10 +57,6 @@ from nebula_edge.store.modules import sha256_hex
 
 log = logging.getLogger(__name__)
 
-FETCH_CONCURRENCY = 4
-PER_PEER_FETCHES = 2
-FETCH_ROUNDS = 6
-"""Rounds over all holders before a fetch gives up until the next sync (~30 s with backoff)."""
 FORWARDED_HEADER = wire.FORWARDED_HEADER
 
 
@@ -77,10 +74,8 @@ class MeshService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: asyncio.Queue[P2PEvent] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._fetching: dict[str, asyncio.Task[bool]] = {}
-        self._waiting: dict[str, list[Manifest]] = {}
-        self._fetch_sem = asyncio.Semaphore(FETCH_CONCURRENCY)
-        self._peer_sems: dict[str, asyncio.Semaphore] = {}
+        self.fetcher = Fetcher(store, sandbox, metrics, self.table, self._request,
+                               self._reject)
         self._joined = asyncio.Event()
         """Set once the first peer has connected (obtain() waits for it on a new agent)."""
         self._started = time.monotonic()
@@ -90,6 +85,7 @@ class MeshService:
         self._syncing: dict[str, asyncio.Task[None]] = {}
         self._sync_began: dict[str, float] = {}
         self._sync_again: set[str] = set()
+        self._synced_at: dict[str, float] = {}
         self._infos: dict[str, asyncio.Task[None]] = {}
         self._http: aiohttp.ClientSession | None = None
         self.mdns: MdnsService | None = None
@@ -153,9 +149,10 @@ class MeshService:
         if self.mdns is not None:
             with contextlib.suppress(Exception):
                 await self.mdns.stop()
-        for t in list(self._tasks) + list(self._fetching.values()):
+        tasks = [*self._tasks, *self.fetcher.tasks()]
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, *self._fetching.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._http is not None:
             await self._http.close()
         loop = asyncio.get_running_loop()
@@ -294,7 +291,7 @@ class MeshService:
         if msg.wasm is not None and sha256_hex(msg.wasm) != m.sha256:
             self._reject("hash_mismatch", peer, f"{m.name} inline bytes")
             return
-        self._start_fetch(m, prefer=peer, data=msg.wasm)
+        self.fetcher.start(m, prefer=peer, data=msg.wasm)
 
     def _validate_gossip(self, data: bytes) -> bool:
         """Runs on the libp2p thread for every gossip message, before it is delivered or
@@ -358,150 +355,9 @@ class MeshService:
             log.info("module deleted by the mesh: %s", t.name)
             self.metrics.modules.set(len(self.store.names()))
 
-    async def _accept(self, ms: list[Manifest], data: bytes | None, how: str, peer: str) -> bool:
-        """Verify and store versions that share one blob, whose bytes are ``data`` (or are
-        already stored). The blob is stored even if every manifest is already known: that
-        is how a quarantined blob is replaced."""
-        if not ms:
-            return False
-        loop = asyncio.get_running_loop()
-        try:
-            added, bad = await loop.run_in_executor(None, self._accept_sync, ms, data)
-        except NebulaError as e:
-            m = ms[0]
-            self._reject("invalid_module", peer, f"{m.name} v{m.version}: {e.message}")
-            return False
-        for m, why in bad:
-            self._reject("invalid_module", peer, f"{m.name} v{m.version}: {why}")
-        for m in added:
-            log.info(
-                "module received: %s v%d (%s, %d bytes, via %s from %s)",
-                m.name,
-                m.version,
-                m.sha256[:12],
-                m.size,
-                how,
-                peer,
-            )
-            self.metrics.deploys_total.labels("peer").inc()
-        self.metrics.modules.set(len(self.store.names()))
-        return bool(added)
-
-    def _accept_sync(self, ms: list[Manifest], data: bytes | None
-                     ) -> tuple[list[Manifest], list[tuple[Manifest, str]]]:
-        """Check every manifest against the bytes (size, compiles, its ABI and export
-        exist), then store the blob (if new) and the manifests that passed."""
-        sha = ms[0].sha256
-        new_blob = data is not None and (not self.store.has_blob(sha)
-                                         or self.store.is_corrupt(sha))
-        if data is not None:
-            size = len(data)
-
-            def read() -> bytes:
-                assert data is not None
-                return data
-        else:
-            size = self.store.blob_path(sha).stat().st_size
-
-            def read() -> bytes:
-                return self.store.read_blob(sha)
-        ok: list[Manifest] = []
-        bad: list[tuple[Manifest, str]] = []
-        for m in ms:
-            # A version already held is checked again only when its bytes are being
-            # replaced (a quarantined blob): then the good copy must still fit it.
-            if not self.store.wants(m) and not new_blob:
-                continue
-            try:
-                if m.size != size:
-                    raise BadRequest(f"the bytes are {size} long; the manifest says {m.size}")
-                self.sandbox.admit(m, read)
-                ok.append(m)
-            except NebulaError as e:
-                bad.append((m, e.message))
-        if not ok:
-            return [], bad
-        if new_blob:
-            assert data is not None
-            self.store.put_blob(data, expect_sha=sha)
-        try:
-            return [m for m in ok if self.store.wants(m) and self.store.put_manifest(m)], bad
-        finally:
-            if new_blob:
-                self.store.unpin(sha)
-
-    # ------------------------------------------------------------------ fetch
-    def _start_fetch(self, m: Manifest, prefer: str | None,
-                     data: bytes | None = None) -> asyncio.Task[bool]:
-        """Get ``m`` stored: from ``data`` (inline gossip) or by fetching its bytes. One
-        task per sha256: every manifest naming those bytes waits on it, so one blob is
-        never verified, compiled or written twice at once."""
-        waiting = self._waiting.setdefault(m.sha256, [])
-        if all(w.key != m.key for w in waiting):
-            waiting.append(m)
-        task = self._fetching.get(m.sha256)
-        if task is None:
-            task = asyncio.ensure_future(self._fetch(m, prefer, data))
-            self._fetching[m.sha256] = task
-            sha = m.sha256
-            task.add_done_callback(lambda _t: self._fetching.pop(sha, None))
-        return task
-
-    async def _fetch(self, m: Manifest, prefer: str | None, data: bytes | None) -> bool:
-        sha = m.sha256
-        try:
-            if self.store.has_blob(sha) and not self.store.is_corrupt(sha):
-                return await self._settle(sha, None, "store", "self")
-            if data is not None:
-                return await self._settle(sha, data, "gossip", prefer or "?")
-            for round_ in range(FETCH_ROUNDS):
-                candidates = self.table.holders(sha, prefer) or (
-                    [prefer]
-                    if prefer and self.table.is_connected(prefer)
-                    else [r.peer_id for r in self.table.connected_peers()]
-                )
-                for peer in candidates:
-                    # A slot is held for one attempt only (never across the backoff), and
-                    # one peer holds at most PER_PEER_FETCHES of them: a peer announcing
-                    # bytes it never serves cannot starve fetches from honest peers.
-                    async with self._peer_sem(peer), self._fetch_sem:
-                        data = await self._fetch_from(peer, m)
-                    if data is not None:
-                        return await self._settle(sha, data, "fetch", peer)
-                await asyncio.sleep(min(8.0, 0.25 * 2**round_) * (0.5 + random.random()))
-            log.warning("fetch of %s (%s) gave up for now; sync will retry", m.name, sha[:12])
-            self.metrics.fetch_total.labels("gave_up").inc()
-            return False
-        finally:
-            self._waiting.pop(sha, None)
-
-    def _peer_sem(self, peer: str) -> asyncio.Semaphore:
-        sem = self._peer_sems.get(peer)
-        if sem is None:
-            sem = self._peer_sems[peer] = asyncio.Semaphore(PER_PEER_FETCHES)
-        return sem
-
-    async def _fetch_from(self, peer: str, m: Manifest) -> bytes | None:
-        timeout = 10 + m.size / (5 * 1024 * 1024)  # >= 5 MiB/s, as loopback does 80 MiB/s
-        try:
-            data = await self._request(peer, wire.BLOB_PROTOCOL, m.sha256.encode(), timeout, m.size)
-        except Exception as e:
-            self.metrics.fetch_total.labels("error").inc()
-            log.info("fetch %s from %s failed: %s", m.sha256[:12], peer, e or type(e).__name__)
-            return None
-        if len(data) != m.size or sha256_hex(data) != m.sha256:
-            self.metrics.fetch_total.labels("bad_hash").inc()
-            self._reject("hash_mismatch", peer, f"fetched bytes for {m.sha256[:12]}")
-            return None
-        self.metrics.fetch_total.labels("ok").inc()
-        return data
-
-    async def _settle(self, sha: str, data: bytes | None, how: str, peer: str) -> bool:
-        return await self._accept(newest_first(self._waiting.get(sha, [])), data, how, peer)
-
     def blob_lost(self, m: Manifest) -> None:
         """Thread-safe. A local blob failed verification: fetch a good copy from a peer."""
-        self._call_soon(self._start_fetch, m, None)
+        self._call_soon(self.fetcher.start, m, None)
 
     # ------------------------------------------------------------------ sync
     def _digest(self) -> str:
@@ -526,13 +382,26 @@ class MeshService:
         task = self._syncing[peer] = self._spawn(self._sync_with(peer))
         return task
 
+    def _sync_unless_recent(self, peer: str) -> None:
+        """Sync with ``peer`` unless a sync with it is running or ended less than
+        ``sync_interval_s`` ago."""
+        task = self._syncing.get(peer)
+        if task is not None and not task.done():
+            return
+        if time.monotonic() - self._synced_at.get(peer, -1e9) < self.config.sync_interval_s:
+            return
+        self._sync(peer)
+
     async def _sync_with(self, peer: str) -> None:
-        while True:
-            self._sync_again.discard(peer)
-            self._sync_began[peer] = time.monotonic()
-            await self._sync_once(peer)
-            if peer not in self._sync_again:
-                return
+        try:
+            while True:
+                self._sync_again.discard(peer)
+                self._sync_began[peer] = time.monotonic()
+                await self._sync_once(peer)
+                if peer not in self._sync_again:
+                    return
+        finally:
+            self._synced_at[peer] = time.monotonic()
 
     async def _sync_once(self, peer: str) -> None:
         req = wire.encode_sync_request(wire.SyncRequest(self._digest()))
@@ -540,11 +409,14 @@ class MeshService:
             data = await self._request(peer, wire.SYNC_PROTOCOL, req, 15, wire.MAX_SYNC_RESPONSE)
             resp = wire.decode_sync_response(data)
         except BadRequest as e:
+            self.metrics.sync_total.labels("malformed").inc()
             self._reject("malformed_sync", peer, e.message)
             return
         except Exception as e:
+            self.metrics.sync_total.labels("failed").inc()
             log.debug("sync with %s failed: %s", peer, e)
             return
+        self.metrics.sync_total.labels("same" if resp.manifests is None else "differ").inc()
         if resp.manifests is None:  # same digest: the peer holds exactly what we hold
             mine = list(self.store.all_manifests())
             self.table.set_holdings(peer, {m.sha256 for m in mine})
@@ -563,7 +435,7 @@ class MeshService:
                 await self._apply_tombstone(t)
         for m in newest_first(resp.manifests):
             if self._trusted(m, peer) and self._wanted(m):
-                self._start_fetch(m, prefer=peer)
+                self.fetcher.start(m, prefer=peer)
 
     # ------------------------------------------------------------------ serving peers
     def _serve_blob(self, peer: str, request: bytes) -> bytes:
@@ -580,7 +452,7 @@ class MeshService:
         # They differ from us: pull their side too, without waiting for our timer, but at
         # most once per interval (two agents that can never agree, e.g. with different
         # -max-module-size, would otherwise trigger each other in a loop).
-        self._call_soon(self._sync, peer, self.config.sync_interval_s)
+        self._call_soon(self._sync_unless_recent, peer)
         return wire.encode_sync_response(
             wire.SyncResponse(
                 mine, tuple(self.store.all_manifests()), tuple(self.store.tombstones())
@@ -591,11 +463,6 @@ class MeshService:
         return wire.encode_info(wire.PeerInfo(self.config.port, __version__))
 
     # ------------------------------------------------------------------ exec anywhere
-    def newer_pending(self, name: str, have: Manifest | None) -> bool:
-        """A version of ``name`` newer than ``have`` is on its way (bytes being fetched)."""
-        return any(m.name == name and (have is None or m.key > have.key)
-                   for ms in self._waiting.values() for m in ms)
-
     async def obtain(self, name: str) -> Manifest | None:
         """The local current version of ``name``, waiting up to ``fetch_wait_s`` for bytes
         on their way (after asking every peer, if nobody announced the module). A newer
@@ -611,7 +478,7 @@ class MeshService:
                                        max(0.0, deadline - time.monotonic()))
         asked = time.monotonic()
         syncs: list[asyncio.Task[Any]] = []
-        if not self._pending_for(name):
+        if not self.fetcher.pending_for(name):
             # At most one sync per peer in flight, however many calls ask for unknown
             # names, and one that began after this call did: the module may have landed
             # on a peer a moment ago, its announcement still on the way.
@@ -619,19 +486,14 @@ class MeshService:
                      for r in self.table.connected_peers()]
         while True:
             m = self.store.current(name)
-            if m is not None and not self.newer_pending(name, m):
+            if m is not None and not self.fetcher.newer_pending(name, m):
                 return m
             # A sync that finds the module starts its fetch before it returns.
-            waits = [*self._pending_for(name), *(s for s in syncs if not s.done())]
+            waits = [*self.fetcher.pending_for(name), *(s for s in syncs if not s.done())]
             remaining = deadline - time.monotonic()
             if not waits or remaining <= 0:
                 return self.store.current(name)
             await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-
-    def _pending_for(self, name: str) -> list[asyncio.Task[bool]]:
-        """Fetch tasks for any version of ``name``."""
-        return [t for sha, t in self._fetching.items()
-                if any(m.name == name for m in self._waiting.get(sha, []))]
 
     async def forward(self, name: str, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
         """Run the call on a peer that holds ``name``; one hop at most."""
