@@ -170,6 +170,35 @@ def test_module_over_a_peers_size_limit_is_forwarded_not_stored(
         assert 1 <= syncs <= uptime / 2 * 3 + 5, f"{syncs} syncs in {uptime} s"
 
 
+def test_calls_for_names_that_exist_nowhere_stay_quick_and_cheap(
+        pair: tuple[Agent, Agent, tuple[str, ...]]) -> None:
+    """Each call for an unknown name asks every peer (a sync round that began after the
+    call did), but rounds asked for by calls are shared and paced: a client flooding an
+    agent with such names gets its 404s in about a round each, not after the -fetch-wait
+    deadline, and the peers get at most ~10 sync requests a second."""
+    a, b, _ = pair
+    before = sum(metric_values(b, "nebula_edge_sync_total", "outcome").values())
+    t0 = time.monotonic()
+
+    def flood(worker: int) -> list[tuple[int, str, float]]:
+        out = []
+        for i in range(25):
+            start = time.monotonic()
+            status, body, _ = b.exec(f"nowhere-{worker}-{i}", 1)
+            out.append((status, body["error"]["code"], time.monotonic() - start))
+        return out
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = [r for rs in pool.map(flood, range(8)) for r in rs]
+    elapsed = time.monotonic() - t0
+    assert {(status, code) for status, code, _ in results} == {(404, "module_not_found")}
+    slowest = max(took for _, _, took in results)
+    assert slowest < 2.5, f"a 404 took {slowest:.2f} s (the fetch wait is 5 s)"
+    syncs = sum(metric_values(b, "nebula_edge_sync_total", "outcome").values()) - before
+    assert syncs <= elapsed / 0.1 + 5, f"{syncs} sync rounds in {elapsed:.1f} s"
+    assert a.get("/healthz")[0] == 200
+
+
 # ------------------------------------------------------------------------------ liveness
 def test_killed_peer_is_dropped_and_rejoins_with_what_it_missed(
         pair: tuple[Agent, Agent, tuple[str, ...]], agent_factory: AgentPool) -> None:

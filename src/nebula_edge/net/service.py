@@ -57,6 +57,11 @@ from nebula_edge.store.modules import sha256_hex
 
 log = logging.getLogger(__name__)
 
+CALL_ROUND_GAP_S = 0.1
+"""Least time between the starts of sync rounds with one peer that calls for unknown
+names asked for: a client asking for names that exist nowhere costs each peer at most
+10 small sync requests a second, and a call waits about one round more."""
+
 FORWARDED_HEADER = wire.FORWARDED_HEADER
 
 
@@ -84,7 +89,11 @@ class MeshService:
         self._too_big: set[str] = set()
         self._syncing: dict[str, asyncio.Task[None]] = {}
         self._sync_began: dict[str, float] = {}
-        self._sync_again: set[str] = set()
+        """peer id -> when the sync round running with it (or the last one) began."""
+        self._round_now: dict[str, asyncio.Future[None]] = {}
+        """peer id -> done when the sync round running with it ends."""
+        self._round_next: dict[str, asyncio.Future[None]] = {}
+        """peer id -> done when the round after the running one ends (asked for by calls)."""
         self._synced_at: dict[str, float] = {}
         self._infos: dict[str, asyncio.Task[None]] = {}
         self._http: aiohttp.ClientSession | None = None
@@ -369,18 +378,29 @@ class MeshService:
             for rec in self.table.connected_peers():
                 self._sync(rec.peer_id)
 
-    def _sync(self, peer: str, since: float | None = None) -> asyncio.Task[None]:
-        """Sync with ``peer``, at most one sync per peer in flight. With ``since``, the
-        returned task ends only after a sync round that began at or after ``since``: a
-        round already running that began earlier (and so may have missed a module that
-        landed on the peer since) is followed by another one."""
+    def _sync(self, peer: str) -> asyncio.Task[None]:
+        """Sync with ``peer``: the sync already running if there is one (one at a time)."""
         task = self._syncing.get(peer)
-        if task is not None and not task.done():
-            if since is not None and self._sync_began.get(peer, -1e9) < since:
-                self._sync_again.add(peer)
-            return task
-        task = self._syncing[peer] = self._spawn(self._sync_with(peer))
+        if task is None or task.done():
+            task = self._syncing[peer] = self._spawn(self._sync_with(peer))
         return task
+
+    def _sync_round(self, peer: str, since: float) -> asyncio.Future[None]:
+        """Done once a sync round with ``peer`` that began at or after ``since`` has ended.
+        A round already running that began earlier may have missed a module that landed
+        on the peer since: then the next round is asked for. However many calls ask,
+        there is at most one round running and one waiting per peer, and rounds asked
+        for this way begin at least ``CALL_ROUND_GAP_S`` apart."""
+        task = self._syncing.get(peer)
+        running = task is not None and not task.done()
+        if running and self._sync_began.get(peer, -1e9) >= since and peer in self._round_now:
+            return self._round_now[peer]
+        fut = self._round_next.get(peer)
+        if fut is None:
+            fut = self._round_next[peer] = asyncio.get_running_loop().create_future()
+        if not running:
+            self._sync(peer)
+        return fut
 
     def _sync_unless_recent(self, peer: str) -> None:
         """Sync with ``peer`` unless a sync with it is running or ended less than
@@ -393,15 +413,30 @@ class MeshService:
         self._sync(peer)
 
     async def _sync_with(self, peer: str) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while True:
-                self._sync_again.discard(peer)
+                # Rounds begin at least CALL_ROUND_GAP_S apart, across tasks too.
+                gap = self._sync_began.get(peer, -1e9) + CALL_ROUND_GAP_S - time.monotonic()
+                if gap > 0:
+                    await asyncio.sleep(gap)
+                asked = self._round_next.pop(peer, None)
+                now = self._round_now[peer] = asked if asked is not None else \
+                    loop.create_future()
                 self._sync_began[peer] = time.monotonic()
-                await self._sync_once(peer)
-                if peer not in self._sync_again:
+                try:
+                    await self._sync_once(peer)
+                finally:
+                    if not now.done():
+                        now.set_result(None)
+                if peer not in self._round_next:
                     return
         finally:
             self._synced_at[peer] = time.monotonic()
+            self._round_now.pop(peer, None)
+            nxt = self._round_next.pop(peer, None)
+            if nxt is not None and not nxt.done():
+                nxt.set_result(None)  # cancelled (shutting down): nobody waits for nothing
 
     async def _sync_once(self, peer: str) -> None:
         req = wire.encode_sync_request(wire.SyncRequest(self._digest()))
@@ -477,13 +512,11 @@ class MeshService:
                 await asyncio.wait_for(self._joined.wait(),
                                        max(0.0, deadline - time.monotonic()))
         asked = time.monotonic()
-        syncs: list[asyncio.Task[Any]] = []
+        syncs: list[asyncio.Future[Any]] = []
         if not self.fetcher.pending_for(name):
-            # At most one sync per peer in flight, however many calls ask for unknown
-            # names, and one that began after this call did: the module may have landed
-            # on a peer a moment ago, its announcement still on the way.
-            syncs = [self._sync(r.peer_id, since=asked)
-                     for r in self.table.connected_peers()]
+            # A sync round with every peer that began after this call arrived: the module
+            # may have landed on a peer a moment ago, its announcement still on the way.
+            syncs = [self._sync_round(r.peer_id, asked) for r in self.table.connected_peers()]
         while True:
             m = self.store.current(name)
             if m is not None and not self.fetcher.newer_pending(name, m):
