@@ -174,8 +174,8 @@ def test_calls_for_names_that_exist_nowhere_stay_quick_and_cheap(
         pair: tuple[Agent, Agent, tuple[str, ...]]) -> None:
     """Each call for an unknown name asks every peer (a sync round that began after the
     call did), but rounds asked for by calls are shared and paced: a client flooding an
-    agent with such names gets its 404s in about a round each, not after the -fetch-wait
-    deadline, and the peers get at most ~10 sync requests a second."""
+    agent with such names gets its 404s in about a round each, not after the 5 s fetch
+    wait, and the peers get at most ~10 sync requests a second."""
     a, b, _ = pair
     before = sum(metric_values(b, "nebula_edge_sync_total", "outcome").values())
     t0 = time.monotonic()
