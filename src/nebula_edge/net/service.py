@@ -193,13 +193,23 @@ class MeshService:
                     await self._peer_connected(ev)
                 elif isinstance(ev, PeerLost):
                     if self.table.lost(ev.peer_id):
-                        self._names.pop(ev.peer_id, None)
+                        self._forget(ev.peer_id)
                         log.info("peer lost: %s", ev.peer_id)
                     self.metrics.peers.set(len(self.table.connected_peers()))
                 elif isinstance(ev, GossipMessage):
                     await self._gossip(ev.from_peer, ev.data)
             except Exception:
                 log.exception("mesh: error handling %s", type(ev).__name__)
+
+    def _forget(self, peer: str) -> None:
+        """Drop what is kept per connection of a lost peer (a running sync ends by itself:
+        its requests fail once the connection is gone)."""
+        self._names.pop(peer, None)
+        for per_peer in (self._sync_began, self._synced_at, self._last_dial):
+            per_peer.pop(peer, None)
+        info = self._infos.get(peer)
+        if info is not None and info.done():
+            del self._infos[peer]
 
     async def _peer_connected(self, ev: PeerConnected) -> None:
         self._joined.set()
@@ -383,7 +393,18 @@ class MeshService:
         task = self._syncing.get(peer)
         if task is None or task.done():
             task = self._syncing[peer] = self._spawn(self._sync_with(peer))
+            task.add_done_callback(lambda t: self._sync_ended(peer, t))
         return task
+
+    def _sync_ended(self, peer: str, task: asyncio.Task[None]) -> None:
+        """Whatever ended the task (even a cancel before it ever ran), nobody is left
+        waiting for a round it will not run."""
+        if self._syncing.get(peer) is task:
+            del self._syncing[peer]
+            for rounds in (self._round_now, self._round_next):
+                fut = rounds.pop(peer, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
 
     def _sync_round(self, peer: str, since: float) -> asyncio.Future[None]:
         """Done once a sync round with ``peer`` that began at or after ``since`` has ended.
@@ -405,6 +426,8 @@ class MeshService:
     def _sync_unless_recent(self, peer: str) -> None:
         """Sync with ``peer`` unless a sync with it is running or ended less than
         ``sync_interval_s`` ago."""
+        if not self.table.is_connected(peer):
+            return
         task = self._syncing.get(peer)
         if task is not None and not task.done():
             return
@@ -426,6 +449,8 @@ class MeshService:
                 self._sync_began[peer] = time.monotonic()
                 try:
                     await self._sync_once(peer)
+                except Exception:  # a bug: log it, and still serve the rounds asked for
+                    log.exception("mesh: sync with %s failed", peer)
                 finally:
                     if not now.done():
                         now.set_result(None)
@@ -433,10 +458,6 @@ class MeshService:
                     return
         finally:
             self._synced_at[peer] = time.monotonic()
-            self._round_now.pop(peer, None)
-            nxt = self._round_next.pop(peer, None)
-            if nxt is not None and not nxt.done():
-                nxt.set_result(None)  # cancelled (shutting down): nobody waits for nothing
 
     async def _sync_once(self, peer: str) -> None:
         req = wire.encode_sync_request(wire.SyncRequest(self._digest()))
