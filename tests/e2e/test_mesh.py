@@ -271,6 +271,22 @@ def test_peers_and_modules_count_what_peers_hold(pair: tuple[Agent, Agent]) -> N
                  msg=f"{me}'s GET /modules to count 2 agents holding double")
 
 
+def test_announcer_counts_a_new_holder_without_waiting_for_the_sync_timer(
+        agent_factory: AgentPool) -> None:
+    """Default timings (a sync every 10 s): a receiver that stores a module syncs with the
+    peer it came from at once, so the deploy target's ``GET /modules`` (``nebctl -list``'s
+    PEERS) counts it within a moment of the deploy, long before a timed sync would."""
+    a = agent_factory("-mdns=false", mesh=True)
+    b = agent_factory("-mdns=false", "-peer", p2p_addr(a), mesh=True)
+    wait_for(lambda: connected(a, b), CONVERGE_S, msg="A and B to list each other")
+    upload(a, "counted", DOUBLE_BYTES)
+    wait_for(lambda: "counted" in b.module_names(), CONVERGE_S, msg="B to hold counted")
+    # The first timed sync comes at least 7.5 s after an agent starts (10 s +-25%).
+    within = max(1.0, 7.0 - a.get("/healthz")[1]["uptime_s"])
+    wait_for(lambda: {m["name"]: m["peers"] for m in a.get("/modules")[1]["modules"]}
+             ["counted"] == 2, within, msg="A to count B among the holders of counted")
+
+
 def test_delete_propagates(pair: tuple[Agent, Agent]) -> None:
     a, b = pair
     upload(a, "gone", DOUBLE_BYTES)

@@ -47,13 +47,16 @@ Reject = Callable[[str, str, object], None]
 
 class Fetcher:
     def __init__(self, store: ModuleStore, sandbox: Sandbox, metrics: Metrics,
-                 table: PeerTable, request: Request, reject: Reject) -> None:
+                 table: PeerTable, request: Request, reject: Reject,
+                 stored_from: Callable[[str], None] | None = None) -> None:
         self.store = store
         self.sandbox = sandbox
         self.metrics = metrics
         self.table = table
         self._request = request
         self._reject = reject
+        self._stored_from = stored_from
+        """Called with the peer whose bytes (inline or fetched) gave new stored versions."""
         self._fetching: dict[str, asyncio.Task[bool]] = {}
         self._waiting: dict[str, list[Manifest]] = {}
         """sha256 -> the versions waiting for those bytes."""
@@ -159,6 +162,8 @@ class Fetcher:
             )
             self.metrics.deploys_total.labels("peer").inc()
         self.metrics.modules.set(len(self.store.names()))
+        if added and how in ("gossip", "fetch") and self._stored_from is not None:
+            self._stored_from(peer)
         return bool(added)
 
     def _accept_sync(self, ms: list[Manifest], data: bytes | None

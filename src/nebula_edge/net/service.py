@@ -80,7 +80,7 @@ class MeshService:
         self._events: asyncio.Queue[P2PEvent] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.fetcher = Fetcher(store, sandbox, metrics, self.table, self._request,
-                               self._reject)
+                               self._reject, self._stored_from)
         self._joined = asyncio.Event()
         """Set once the first peer has connected (obtain() waits for it on a new agent)."""
         self._started = time.monotonic()
@@ -474,9 +474,7 @@ class MeshService:
             return
         self.metrics.sync_total.labels("same" if resp.manifests is None else "differ").inc()
         if resp.manifests is None:  # same digest: the peer holds exactly what we hold
-            mine = list(self.store.all_manifests())
-            self.table.set_holdings(peer, {m.sha256 for m in mine})
-            self._names[peer] = {m.name for m in mine}
+            self._holds(peer, list(self.store.all_manifests()))
             return
         self.table.set_holdings(peer, {m.sha256 for m in resp.manifests})
         # Forward calls only where the peer's current version is one this agent would
@@ -493,6 +491,19 @@ class MeshService:
             if self._trusted(m, peer) and self._wanted(m):
                 self.fetcher.start(m, prefer=peer)
 
+    def _holds(self, peer: str, manifests: list[Manifest]) -> None:
+        """``peer`` holds exactly ``manifests`` (its digest equals that of this set)."""
+        if self.table.is_connected(peer):
+            self.table.set_holdings(peer, {m.sha256 for m in manifests})
+            self._names[peer] = {m.name for m in manifests}
+
+    def _stored_from(self, peer: str) -> None:
+        """Versions announced by ``peer`` are stored here: sync with it at once, so that
+        it learns this agent holds them now (its ``GET /modules`` counts holders), not a
+        sync interval later."""
+        if self.table.is_connected(peer):
+            self._sync(peer)
+
     # ------------------------------------------------------------------ serving peers
     def _serve_blob(self, peer: str, request: bytes) -> bytes:
         sha = request.decode("ascii", "replace").strip()
@@ -502,8 +513,10 @@ class MeshService:
 
     def _serve_sync(self, peer: str, request: bytes) -> bytes:
         req = wire.decode_sync_request(request)
-        mine = self._digest()
-        if req.digest == mine:
+        manifests = list(self.store.all_manifests())
+        mine = digest(manifests, self.store.tombstones())
+        if req.digest == mine:  # so the peer holds what we hold
+            self._call_soon(self._holds, peer, manifests)
             return wire.encode_sync_response(wire.SyncResponse(mine, None))
         # They differ from us: pull their side too, without waiting for our timer, but at
         # most once per interval (two agents that can never agree, e.g. with different
