@@ -1,15 +1,19 @@
-"""Helpers shared by the benchmarks: finding the project's tools, free ports, and CPU
-accounting (on a shared machine, CPU time per request moves much less than requests per
-second, so the benchmarks report both)."""
+"""Helpers shared by the benchmarks: finding the project's tools, free ports, the machine's
+description, stopping agents, and CPU accounting (on a shared machine, CPU time per request
+moves much less than requests per second, so the benchmarks report both)."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import os
+import platform
 import resource
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -19,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+DOUBLE_WASM = ROOT / "sample" / "double" / "double.wasm"
 
 
 def log(msg: str, quiet: bool) -> None:
@@ -173,4 +178,37 @@ def sample_sandbox(wasm: bytes, name: str) -> Iterator[tuple[Any, Any, Callable[
             yield sandbox, m, read
         finally:
             sandbox.close()
+
+
+def machine() -> dict[str, Any]:
+    """CPUs, Python, kernel and the versions that matter, for a benchmark's report."""
+    def version(pkg: str) -> str:
+        try:
+            return importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            return "unknown"
+
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for ln in Path("/proc/cpuinfo").read_text().splitlines():
+            if ln.startswith("model name"):
+                cpu = ln.split(":", 1)[1].strip()
+                break
+    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+            "kernel": platform.release(),
+            **{pkg: version(pkg) for pkg in ("nebula-edge", "libp2p", "wasmtime", "aiohttp")}}
+
+
+def stop_process(proc: subprocess.Popen[Any] | None) -> None:
+    """Stop a process this benchmark started, by its PID: SIGTERM, then SIGKILL after 10 s."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
 

@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.metadata
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -45,19 +43,21 @@ from pathlib import Path
 from typing import Any
 
 from benchlib import (  # bench/ is on sys.path
+    DOUBLE_WASM,
     Floor,
     OtherLoad,
     find_tool,
     free_port,
     log,
+    machine,
     process_cpu_seconds,
     round1,
     sample_sandbox,
+    stop_process,
     timed_loop,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-WASM = ROOT / "sample" / "double" / "double.wasm"
+WASM = DOUBLE_WASM
 CONNECTIONS = 32
 ARG = 21
 EXEC_BODY = json.dumps({"name": "double", "arg": ARG}, separators=(",", ":"))
@@ -262,13 +262,7 @@ class Agent:
             raise RuntimeError(f"/debug/echo answered {echo!r}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def log_tail(self, n: int = 2000) -> str:
@@ -381,25 +375,6 @@ def load_run(gen: Wrk | PyLoad, agent: Agent, route: str, rnd: int,
 
 
 # ---------------------------------------------------------------------------- report
-def machine() -> dict[str, Any]:
-    try:
-        wt = importlib.metadata.version("wasmtime")
-    except importlib.metadata.PackageNotFoundError:
-        wt = "unknown"
-    try:
-        ah = importlib.metadata.version("aiohttp")
-    except importlib.metadata.PackageNotFoundError:
-        ah = "unknown"
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for ln in Path("/proc/cpuinfo").read_text().splitlines():
-            if ln.startswith("model name"):
-                cpu = ln.split(":", 1)[1].strip()
-                break
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "wasmtime": wt, "aiohttp": ah, "kernel": platform.release()}
-
-
 def summarize(results: list[LoadResult], floors: list[Floor]) -> dict[str, float | None]:
     def med(route: str) -> float | None:
         xs = [r.rps for r in results if r.route == route]

@@ -37,10 +37,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import importlib.metadata
 import json
 import os
-import platform
 import re
 import secrets
 import shutil
@@ -61,15 +59,17 @@ from types import FrameType
 from typing import Any
 
 from benchlib import (  # bench/ is on sys.path
+    DOUBLE_WASM,
     find_tool,
     free_port,
     log,
+    machine,
     process_cpu_seconds,
+    stop_process,
     system_busy_seconds,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-WASM = ROOT / "sample" / "double" / "double.wasm"
+WASM = DOUBLE_WASM
 HOST = "127.0.0.1"
 ARG = 21
 KiB = 1024
@@ -271,17 +271,7 @@ class Agent:
         return process_cpu_seconds(self.proc.pid) or 0.0
 
     def stop(self) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        stop_process(self.proc)
 
     def log_text(self) -> str:
         try:
@@ -544,24 +534,6 @@ def one_run(mesh: Mesh, size: int, rep: int, base: bytes, floor: TcpFloor, tmp: 
 
 
 # ---------------------------------------------------------------------------- report
-def machine() -> dict[str, Any]:
-    def version(pkg: str) -> str:
-        try:
-            return importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            return "unknown"
-
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for ln in Path("/proc/cpuinfo").read_text().splitlines():
-            if ln.startswith("model name"):
-                cpu = ln.split(":", 1)[1].strip()
-                break
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "kernel": platform.release(),
-            **{pkg: version(pkg) for pkg in ("nebula-edge", "libp2p", "wasmtime", "aiohttp")}}
-
-
 def summarize(runs: list[Run]) -> list[dict[str, Any]]:
     cells: list[dict[str, Any]] = []
     keys = sorted({(r.agents, r.size) for r in runs})
