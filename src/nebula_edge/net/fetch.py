@@ -48,7 +48,7 @@ Reject = Callable[[str, str, object], None]
 class Fetcher:
     def __init__(self, store: ModuleStore, sandbox: Sandbox, metrics: Metrics,
                  table: PeerTable, request: Request, reject: Reject,
-                 stored_from: Callable[[str], None] | None = None) -> None:
+                 stored_from: Callable[[str], None]) -> None:
         self.store = store
         self.sandbox = sandbox
         self.metrics = metrics
@@ -162,7 +162,7 @@ class Fetcher:
             )
             self.metrics.deploys_total.labels("peer").inc()
         self.metrics.modules.set(len(self.store.names()))
-        if added and how in ("gossip", "fetch") and self._stored_from is not None:
+        if added and how in ("gossip", "fetch"):
             self._stored_from(peer)
         return bool(added)
 

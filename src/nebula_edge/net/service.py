@@ -513,20 +513,17 @@ class MeshService:
 
     def _serve_sync(self, peer: str, request: bytes) -> bytes:
         req = wire.decode_sync_request(request)
-        manifests = list(self.store.all_manifests())
-        mine = digest(manifests, self.store.tombstones())
+        manifests = tuple(self.store.all_manifests())  # one snapshot: digest and answer agree
+        tombstones = tuple(self.store.tombstones())
+        mine = digest(manifests, tombstones)
         if req.digest == mine:  # so the peer holds what we hold
-            self._call_soon(self._holds, peer, manifests)
+            self._call_soon(self._holds, peer, list(manifests))
             return wire.encode_sync_response(wire.SyncResponse(mine, None))
         # They differ from us: pull their side too, without waiting for our timer, but at
         # most once per interval (two agents that can never agree, e.g. with different
         # -max-module-size, would otherwise trigger each other in a loop).
         self._call_soon(self._sync_unless_recent, peer)
-        return wire.encode_sync_response(
-            wire.SyncResponse(
-                mine, tuple(self.store.all_manifests()), tuple(self.store.tombstones())
-            )
-        )
+        return wire.encode_sync_response(wire.SyncResponse(mine, manifests, tombstones))
 
     def _serve_info(self, peer: str, request: bytes) -> bytes:
         return wire.encode_info(wire.PeerInfo(self.config.port, __version__))
