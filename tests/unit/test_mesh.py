@@ -121,7 +121,7 @@ def test_gossip_decoder_rejects_inline_bytes_of_the_wrong_size() -> None:
 @given(st.binary(max_size=2048))
 def test_decoders_never_raise_anything_but_bad_request(data: bytes) -> None:
     for decode in (wire.decode_gossip, wire.decode_sync_request, wire.decode_sync_response,
-                   wire.decode_info):
+                   wire.decode_info, wire.decode_pull_request, wire.decode_pull_response):
         with contextlib.suppress(BadRequest):
             decode(data)
 
@@ -135,22 +135,28 @@ json_values = st.recursive(
 
 @settings(max_examples=300)
 @given(st.dictionaries(st.sampled_from(["v", "type", "manifest", "tombstone", "wasm", "digest",
-                                        "manifests", "tombstones", "http_port", "version"]),
+                                        "manifests", "tombstones", "http_port", "version",
+                                        "buckets", "members", "hashes", "after", "names",
+                                        "next"]),
                        json_values))
 def test_decoders_on_structured_garbage(d: dict[str, object]) -> None:
     data = json.dumps(d).encode()
     for decode in (wire.decode_gossip, wire.decode_sync_request, wire.decode_sync_response,
-                   wire.decode_info):
+                   wire.decode_info, wire.decode_pull_request, wire.decode_pull_response):
         with contextlib.suppress(BadRequest):
             decode(data)
 
 
 def test_sync_round_trip() -> None:
-    r = wire.SyncResponse("d", (man(),), (Tombstone("x", 1.0, "p"),))
+    r = wire.SyncResponse("d", ("0" * 16,) * 256, (wire.Member("p1", 3, False, ("/a",)),))
     assert wire.decode_sync_response(wire.encode_sync_response(r)) == r
     same = wire.SyncResponse("d", None)
     assert wire.decode_sync_response(wire.encode_sync_response(same)) == same
-    req = wire.SyncRequest("abc")
+    req = wire.SyncRequest("abc", "m")
     assert wire.decode_sync_request(wire.encode_sync_request(req)) == req
+    pull = wire.PullRequest((1, 2), {"double": "ab" * 8}, "a")
+    assert wire.decode_pull_request(wire.encode_pull_request(pull)) == pull
+    piece = wire.PullResponse(("double", "x"), (man(),), (Tombstone("x", 1.0, "p"),), "x")
+    assert wire.decode_pull_response(wire.encode_pull_response(piece)) == piece
     info = wire.PeerInfo(8080, "0.1.0")
     assert wire.decode_info(wire.encode_info(info)) == info

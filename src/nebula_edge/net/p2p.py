@@ -32,10 +32,13 @@ The server reads at most ``max_request_size`` bytes within 30 s, runs the handle
 worker thread (8 at once), answers and closes. The client resets the stream and fails
 with ``PayloadTooLarge`` on N - 1 > ``max_response``, ``PeerUnavailable`` otherwise.
 
-**Liveness.** ``/nebula-edge/ping/1.0.0``: every ``heartbeat_s`` each side writes 8
-random bytes on one long-lived stream and expects them back within ``heartbeat_s``;
-3 misses in a row close the peer's connections. A closed connection is lost at once; a
-frozen peer (no FIN) within ~4 heartbeats (measured 1.95 s at 0.5 s). Addresses given to
+**Liveness.** ``/nebula-edge/ping/1.0.0``: each side probes at most
+``PROBES_PER_HEARTBEAT`` (2) peers per ``heartbeat_s``, each peer by writing 8 random
+bytes on one long-lived stream and expecting them back within ``heartbeat_s``; 3 misses
+in a row close the peer's connections. So a peer is probed every heartbeat while an
+agent holds 2 peers, every 10 heartbeats with 20: the cost does not grow with peers. A
+closed connection is lost at once; a frozen peer (no FIN) within ~4 probe periods
+(measured 1.95 s at 0.5 s with one peer). Addresses given to
 ``connect`` are remembered and redialled while the host runs: 0.5 s doubling to 10 s,
 jittered, forever.
 
@@ -335,6 +338,20 @@ class P2PHost:
 
         self._submit(Command(fut, run))
         return fut
+
+    def forget(self, peer_id: str, *, close: bool = False) -> None:
+        """Stop remembering and redialling ``peer_id``; with ``close``, also close its
+        connections (reported as ``PeerLost``). Thread-safe, non-blocking. The mesh uses
+        it to keep its connections between watermarks however many peers mDNS shows."""
+        with self._lock:
+            self._remembered.pop(peer_id, None)
+        fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        async def run(inc: Incarnation) -> None:
+            await inc.forget(peer_id, close)
+            hardened.resolve(fut, None)
+
+        self._submit(Command(fut, run, time.monotonic() + 10.0))
 
     def request(
         self,

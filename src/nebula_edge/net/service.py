@@ -10,15 +10,20 @@ discoveries into store changes, and local changes into gossip.
 * **Fetch** (``net/fetch.py``): bytes not inline are pulled over ``BLOB_PROTOCOL`` from
   the announcer, else any peer known to hold them, verified and compiled before they are
   stored.
-* **Sync**: on every new connection and every ``sync_interval_s``, digests are compared
-  and differing sets exchanged (``mesh/state.py``): an agent that starts late, restarts
-  or was cut off converges without anyone deploying again.
+* **Sync** (``mesh/sync.py``, ``mesh/rounds.py``): on every new connection, and every
+  interval (``sync_interval_s``, stretched past 32 members) with one random connected
+  peer, roots of the digest index (``mesh/index.py``, kept up to date on each store
+  write) are compared; only the names that differ cross the wire, in bounded pieces.
+  Member lists ride on the same rounds (``mesh/members.py``): ``GET /peers`` lists every
+  live member, ``connected`` saying whether this agent holds a direct connection.
 * **Exec anywhere**: ``obtain`` waits (bounded) for a module being fetched, syncing
   first if nobody announced it; ``forward`` sends the call over HTTP to a peer that
   holds it (at most one hop: a forwarded call is never forwarded again).
 
-Coroutines run on the node's event loop; the request handlers (``_serve_*``) run on the
-libp2p thread's workers and only read the store, which is thread-safe.
+Every decision (when, with whom, what differs, who is alive) is made by the sans-IO
+code in ``mesh/``; this module carries it out. Coroutines run on the node's event loop;
+the request handlers (``_serve_*``) run on the libp2p thread's workers and only read the
+store (thread-safe) and the digest index (under ``_index_lock``).
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ import contextlib
 import json
 import logging
 import random
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -46,7 +53,11 @@ from nebula_edge.errors import (
 )
 from nebula_edge.manifest import Manifest, Tombstone
 from nebula_edge.mesh import wire
-from nebula_edge.mesh.state import PeerTable, digest, newest_first
+from nebula_edge.mesh.index import DigestIndex
+from nebula_edge.mesh.members import CONN_HIGH, CONN_LOW, Members
+from nebula_edge.mesh.rounds import CALL_ROUND_GAP_S, Rounds
+from nebula_edge.mesh.state import PeerTable, newest_first
+from nebula_edge.mesh.sync import PullSession, answer_pull, answer_sync, peer_holdings
 from nebula_edge.metrics import Metrics
 from nebula_edge.net.fetch import Fetcher
 from nebula_edge.net.mdns import DiscoveredPeer, MdnsService, interface_ips
@@ -57,12 +68,19 @@ from nebula_edge.store.modules import sha256_hex
 
 log = logging.getLogger(__name__)
 
-CALL_ROUND_GAP_S = 0.1
-"""Least time between the starts of sync rounds with one peer that calls for unknown
-names asked for: a client asking for names that exist nowhere costs each peer at most
-10 small sync requests a second, and a call waits about one round more."""
+__all__ = ["CALL_ROUND_GAP_S", "FORWARDED_HEADER", "MeshService"]
 
 FORWARDED_HEADER = wire.FORWARDED_HEADER
+MAINTAIN_S = 2.0
+"""Membership and connection upkeep period: report lost peers dead after SUSPECT_S,
+dial a member while below CONN_LOW. One timer, whatever the fleet's size."""
+MAX_REFUSED = 10_000
+"""Versions this agent refuses for good (over its size or limit maxima) that it still
+counts in its digest; past it the oldest are forgotten (they then cost one differing
+round each, as before this cap existed)."""
+MAX_VERIFIED = 100_000
+"""Record ids whose signature was checked (either outcome), so a record offered again
+by every sync is verified once (~60 us an ed25519 check): 100,000 ids ~ 10 MB."""
 
 
 class MeshService:
@@ -79,23 +97,34 @@ class MeshService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: asyncio.Queue[P2PEvent] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._rng = random.Random()
         self.fetcher = Fetcher(store, sandbox, metrics, self.table, self._request,
                                self._reject, self._stored_from)
         self._joined = asyncio.Event()
         """Set once the first peer has connected (obtain() waits for it on a new agent)."""
         self._started = time.monotonic()
         self._last_dial: dict[str, float] = {}
-        self._untrusted: set[str] = set()
-        self._too_big: set[str] = set()
+        self._verified: OrderedDict[str, bool] = OrderedDict()
+        """record id -> whether its signature checked out (bounded: MAX_VERIFIED)."""
+        self._verified_lock = threading.Lock()
+        self._refused: OrderedDict[str, Manifest] = OrderedDict()
+        """manifest id -> a version this agent will never take (too big, limits over its
+        maxima): counted in the digest so peers do not offer it every round."""
+        self.index = DigestIndex()
+        self._index_lock = threading.Lock()
+        """Guards ``index`` and ``_refused``: store writes update it on any thread."""
+        self.rounds = Rounds(config.sync_interval_s)
         self._syncing: dict[str, asyncio.Task[None]] = {}
-        self._sync_began: dict[str, float] = {}
-        """peer id -> when the sync round running with it (or the last one) began."""
         self._round_now: dict[str, asyncio.Future[None]] = {}
         """peer id -> done when the sync round running with it ends."""
         self._round_next: dict[str, asyncio.Future[None]] = {}
         """peer id -> done when the round after the running one ends (asked for by calls)."""
-        self._synced_at: dict[str, float] = {}
         self._infos: dict[str, asyncio.Task[None]] = {}
+        self._trimmed: set[str] = set()
+        """Peers whose connection this agent closed itself (over CONN_HIGH): not failures."""
+        self.members: Members | None = None
+        self._mlock = threading.Lock()
+        """Guards ``members``: changed on the event loop, read by sync answers too."""
         self._http: aiohttp.ClientSession | None = None
         self.mdns: MdnsService | None = None
         ips = list(config.advertise) or interface_ips(list(config.mdns_interfaces) or None)
@@ -117,6 +146,9 @@ class MeshService:
             heartbeat_s=config.heartbeat_s,
             validator=self._validate_gossip,
         )
+        store.watch(self._store_changed)
+        for name in {*store.names(), *(t.name for t in store.tombstones())}:
+            self._store_changed(name)
 
     @property
     def peer_id(self) -> str:
@@ -126,10 +158,15 @@ class MeshService:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self._loop.run_in_executor(None, self.p2p.start)
+        # The incarnation only this agent raises (SWIM): its start time in ms is higher
+        # than any incarnation an earlier run of it had.
+        self.members = Members(self.peer_id, int(time.time() * 1000), self.p2p.addrs,
+                               time.monotonic())
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=35))
         log.info("mesh: peer %s on %s", self.peer_id, ", ".join(self.p2p.addrs))
         self._spawn(self._event_loop())
         self._spawn(self._sync_loop())
+        self._spawn(self._maintain_loop())
         for addr in self.config.peers:
             self._dial(addr)
         if self.config.mdns:
@@ -205,8 +242,14 @@ class MeshService:
         """Drop what is kept per connection of a lost peer (a running sync ends by itself:
         its requests fail once the connection is gone)."""
         self._names.pop(peer, None)
-        for per_peer in (self._sync_began, self._synced_at, self._last_dial):
-            per_peer.pop(peer, None)
+        self._last_dial.pop(peer, None)
+        self.rounds.forget(peer)
+        if self.members is not None:
+            with self._mlock:
+                self.members.lost(peer, time.monotonic(), trimmed=peer in self._trimmed)
+        if peer in self._trimmed or len(self.table.connected_peers()) >= CONN_LOW:
+            self.p2p.forget(peer)  # enough connections: do not redial it forever
+        self._trimmed.discard(peer)
         info = self._infos.get(peer)
         if info is not None and info.done():
             del self._infos[peer]
@@ -215,6 +258,9 @@ class MeshService:
         self._joined.set()
         if self.table.connected(ev.peer_id, ev.addrs, time.time()):
             log.info("peer joined: %s (%s)", ev.peer_id, ", ".join(ev.addrs[:2]))
+        if self.members is not None:
+            with self._mlock:
+                self.members.connected(ev.peer_id, ev.addrs, time.monotonic())
         self.metrics.peers.set(len(self.table.connected_peers()))
         self._info(ev.peer_id)
         self._sync(ev.peer_id)
@@ -225,10 +271,10 @@ class MeshService:
         if self.table.is_connected(peer.peer_id):
             return  # what we know over the connection wins over an unauthenticated answer
         self.table.discovered(peer.peer_id, peer.p2p_addrs, peer.http_url, peer.version)
-        if not peer.p2p_addrs:
-            return
+        if not peer.p2p_addrs or len(self.table.connected_peers()) >= CONN_LOW:
+            return  # enough direct connections: membership spreads by sync
         now = time.monotonic()
-        if now - self._last_dial.get(peer.peer_id, 0.0) < 2.0:
+        if now - self._last_dial.get(peer.peer_id, -1e9) < 2.0:
             return
         self._last_dial[peer.peer_id] = now
         for addr in peer.p2p_addrs:
@@ -242,6 +288,40 @@ class MeshService:
                 log.debug("dial %s failed: %s", addr, None if f.cancelled() else f.exception())
 
         fut.add_done_callback(done)
+
+    async def _maintain_loop(self) -> None:
+        """Membership upkeep (lost peers reported dead, dead records collected) and the
+        connection watermarks: dial one live member while below ``CONN_LOW``."""
+        while True:
+            await asyncio.sleep(MAINTAIN_S * (0.75 + self._rng.random() / 2))
+            members = self.members
+            if members is None:
+                continue
+            now = time.monotonic()
+            connected = {r.peer_id for r in self.table.connected_peers()}
+            with self._mlock:
+                dead = members.tick(now, connected)
+                candidates = [(p, members.addrs(p)) for p in members.alive()
+                              if p not in connected and members.addrs(p)
+                              and now - self._last_dial.get(p, -1e9) > 30.0]
+            for peer in dead:
+                log.info("member reported dead: %s (lost and not back)", peer)
+            if len(connected) < CONN_LOW and candidates:
+                peer, addrs = self._rng.choice(candidates)
+                self._last_dial[peer] = now
+                for addr in addrs[:2]:
+                    self._dial(addr)
+            elif len(connected) > CONN_HIGH:
+                self._trim(connected)
+
+    def _trim(self, connected: set[str]) -> None:
+        """Close connections down to ``CONN_HIGH`` (the newest first: long-held ones
+        carry gossipsub's mesh)."""
+        recs = sorted((r for r in self.table.connected_peers() if r.peer_id in connected),
+                      key=lambda r: r.connected_since or 0.0, reverse=True)
+        for rec in recs[: len(recs) - CONN_HIGH]:
+            self._trimmed.add(rec.peer_id)
+            self.p2p.forget(rec.peer_id, close=True)
 
     async def _request(
         self, peer: str, protocol: str, payload: bytes, timeout: float, max_response: int
@@ -321,52 +401,69 @@ class MeshService:
             self._reject("malformed", "gossip", e.message)
             return False
         rec = msg.tombstone if isinstance(msg, wire.Delete) else msg.manifest
-        if not self.config.trusted_keys:
-            return True
-        try:
-            keys.check(rec, self.config.trusted_keys)
-        except Forbidden as e:
-            self._reject("untrusted", "gossip", f"{rec.name}: {e.message}")
-            return False
-        return True
+        return self._verify(rec, "gossip")
 
     def _wanted(self, m: Manifest) -> bool:
         """The store would take it, and it is within this agent's own module size limit
         (a bigger one stays on the peers that hold it: calls to it are forwarded)."""
+        why = None
         if m.size > self.config.max_module_size:
-            if m.id not in self._too_big:
-                self._too_big.add(m.id)
-                log.info("not fetching %s v%d: %d bytes is over -max-module-size %d; calls "
-                         "are forwarded", m.name, m.version, m.size, self.config.max_module_size)
-            return False
-        try:
-            self.sandbox.effective_limits(m.limits)
-        except NebulaError:
-            if m.id not in self._too_big:
-                self._too_big.add(m.id)
-                log.info("not fetching %s v%d: its limits exceed this agent's maxima; calls "
-                         "are forwarded", m.name, m.version)
+            why = (f"{m.size} bytes is over -max-module-size {self.config.max_module_size}")
+        else:
+            try:
+                self.sandbox.effective_limits(m.limits)
+            except NebulaError:
+                why = "its limits exceed this agent's maxima"
+        if why is not None:
+            self._refuse(m, why)
             return False
         return self.store.wants(m)
 
-    def _trusted(self, rec: Manifest | Tombstone, peer: str) -> bool:
-        """Whether a peer's record carries a valid signature from a trusted key (always
-        true on an open agent). A rogue peer on the LAN cannot inject a module. Each bad
-        record is counted and logged once, however often sync offers it again."""
+    def _refuse(self, m: Manifest, why: str) -> None:
+        """Count ``m`` as held in the digest, for good: this agent will never take it, and
+        its peers need not offer it again every round."""
+        with self._index_lock:
+            if m.id in self._refused:
+                return
+            self._refused[m.id] = m
+            while len(self._refused) > MAX_REFUSED:
+                self._refused.popitem(last=False)
+        log.info("not fetching %s v%d: %s; calls are forwarded", m.name, m.version, why)
+        self._store_changed(m.name)
+
+    def _verify(self, rec: Manifest | Tombstone, peer: str) -> bool:
+        """Whether ``rec`` carries a valid signature from a trusted key (always true on an
+        open agent). Thread-safe; each record id is checked once (``MAX_VERIFIED``) and
+        a bad one counted and logged once, however often sync offers it again."""
         if not self.config.trusted_keys:
             return True
         rid = rec.id
-        if rid in self._untrusted:
-            return False
+        with self._verified_lock:
+            known = self._verified.get(rid)
+        if known is not None:
+            return known
         try:
             keys.check(rec, self.config.trusted_keys)
+            ok = True
         except Forbidden as e:
-            if len(self._untrusted) > 10_000:
-                self._untrusted.clear()
-            self._untrusted.add(rid)
+            ok = False
             self._reject("untrusted", peer, f"{rec.name}: {e.message}")
-            return False
-        return True
+        with self._verified_lock:
+            self._verified[rid] = ok
+            while len(self._verified) > MAX_VERIFIED:
+                self._verified.popitem(last=False)
+        return ok
+
+    def _trusted(self, rec: Manifest | Tombstone, peer: str) -> bool:
+        return self._verify(rec, peer)
+
+    async def _trusted_many(self, recs: list[Any], peer: str) -> list[Any]:
+        """The records of ``recs`` that check out, verified off the event loop."""
+        if not self.config.trusted_keys or not recs:
+            return recs
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            None, lambda: [r for r in recs if self._verify(r, peer)])
 
     async def _apply_tombstone(self, t: Tombstone) -> None:
         loop = asyncio.get_running_loop()
@@ -378,15 +475,31 @@ class MeshService:
         """Thread-safe. A local blob failed verification: fetch a good copy from a peer."""
         self._call_soon(self.fetcher.start, m, None)
 
-    # ------------------------------------------------------------------ sync
-    def _digest(self) -> str:
-        return digest(self.store.all_manifests(), self.store.tombstones())
+    # ------------------------------------------------------------------ digest index
+    def _store_changed(self, name: str) -> None:
+        """Thread-safe (store writes call it on their thread): re-hash one name."""
+        versions = self.store.versions(name)
+        tomb = self.store.tombstone(name)
+        with self._index_lock:
+            refused = [m for m in self._refused.values() if m.name == name] \
+                if self._refused else []
+            self.index.update(name, [*versions, *refused], tomb, self.store.keep)
 
+    def _holdings(self) -> list[Manifest]:
+        """What this agent counts as held: stored versions and refused ones."""
+        with self._index_lock:
+            refused = list(self._refused.values())
+        return [*self.store.all_manifests(), *refused]
+
+    # ------------------------------------------------------------------ sync
     async def _sync_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.config.sync_interval_s * (0.75 + random.random() / 2))
-            for rec in self.table.connected_peers():
-                self._sync(rec.peer_id)
+            with self._mlock:
+                members = self.members.count() if self.members is not None else 1
+            await asyncio.sleep(self.rounds.next_delay(members, self._rng))
+            peers = [r.peer_id for r in self.table.connected_peers()]
+            for peer in self.rounds.pick(peers, self._rng):
+                self._sync(peer)
 
     def _sync(self, peer: str) -> asyncio.Task[None]:
         """Sync with ``peer``: the sync already running if there is one (one at a time)."""
@@ -414,7 +527,7 @@ class MeshService:
         for this way begin at least ``CALL_ROUND_GAP_S`` apart."""
         task = self._syncing.get(peer)
         running = task is not None and not task.done()
-        if running and self._sync_began.get(peer, -1e9) >= since and peer in self._round_now:
+        if running and self.rounds.began_since(peer, since) and peer in self._round_now:
             return self._round_now[peer]
         fut = self._round_next.get(peer)
         if fut is None:
@@ -424,14 +537,14 @@ class MeshService:
         return fut
 
     def _sync_unless_recent(self, peer: str) -> None:
-        """Sync with ``peer`` unless a sync with it is running or ended less than
-        ``sync_interval_s`` ago."""
+        """Sync with ``peer`` unless a sync with it is running or ended less than an
+        interval ago."""
         if not self.table.is_connected(peer):
             return
         task = self._syncing.get(peer)
         if task is not None and not task.done():
             return
-        if time.monotonic() - self._synced_at.get(peer, -1e9) < self.config.sync_interval_s:
+        if self.rounds.recent(peer, time.monotonic()):
             return
         self._sync(peer)
 
@@ -440,13 +553,13 @@ class MeshService:
         try:
             while True:
                 # Rounds begin at least CALL_ROUND_GAP_S apart, across tasks too.
-                gap = self._sync_began.get(peer, -1e9) + CALL_ROUND_GAP_S - time.monotonic()
+                gap = self.rounds.gap(peer, time.monotonic())
                 if gap > 0:
                     await asyncio.sleep(gap)
                 asked = self._round_next.pop(peer, None)
                 now = self._round_now[peer] = asked if asked is not None else \
                     loop.create_future()
-                self._sync_began[peer] = time.monotonic()
+                self.rounds.begin(peer, time.monotonic())
                 try:
                     await self._sync_once(peer)
                 except Exception:  # a bug: log it, and still serve the rounds asked for
@@ -457,12 +570,17 @@ class MeshService:
                 if peer not in self._round_next:
                     return
         finally:
-            self._synced_at[peer] = time.monotonic()
+            self.rounds.end(peer, time.monotonic())
 
     async def _sync_once(self, peer: str) -> None:
-        req = wire.encode_sync_request(wire.SyncRequest(self._digest()))
+        with self._index_lock:
+            root = self.index.root()
+        members = self.members
+        with self._mlock:
+            req = wire.SyncRequest(root, members.digest() if members is not None else "")
         try:
-            data = await self._request(peer, wire.SYNC_PROTOCOL, req, 15, wire.MAX_SYNC_RESPONSE)
+            data = await self._request(peer, wire.SYNC_PROTOCOL, wire.encode_sync_request(req),
+                                       15, wire.MAX_SYNC_RESPONSE)
             resp = wire.decode_sync_response(data)
         except BadRequest as e:
             self.metrics.sync_total.labels("malformed").inc()
@@ -472,30 +590,56 @@ class MeshService:
             self.metrics.sync_total.labels("failed").inc()
             log.debug("sync with %s failed: %s", peer, e)
             return
-        self.metrics.sync_total.labels("same" if resp.manifests is None else "differ").inc()
-        if resp.manifests is None:  # same digest: the peer holds exactly what we hold
-            self._holds(peer, list(self.store.all_manifests()))
+        if resp.members is not None and members is not None:
+            with self._mlock:
+                members.merge(resp.members, time.monotonic())
+        self.metrics.sync_total.labels("same" if resp.buckets is None else "differ").inc()
+        if resp.buckets is None:  # same root: the peer holds exactly what we hold
+            self._holds(peer, self._holdings(), {})
             return
-        self.table.set_holdings(peer, {m.sha256 for m in resp.manifests})
-        # Forward calls only where the peer's current version is one this agent would
-        # accept itself.
-        newest: dict[str, Manifest] = {}
-        for m in resp.manifests:
-            if m.name not in newest or m.key > newest[m.name].key:
-                newest[m.name] = m
-        self._names[peer] = {n for n, m in newest.items() if self._trusted(m, peer)}
-        for t in resp.tombstones:
-            if self.store.tombstone(t.name) != t and self._trusted(t, peer):
+        with self._index_lock:
+            session = PullSession.start(self.index, resp.buckets)
+        while True:
+            with self._index_lock:
+                pull = session.next_request()
+            if pull is None:
+                break
+            try:
+                data = await self._request(peer, wire.SYNC_PROTOCOL,
+                                           wire.encode_pull_request(pull), 30,
+                                           wire.MAX_PULL_RESPONSE)
+                piece = wire.decode_pull_response(data)
+            except BadRequest as e:
+                self._reject("malformed_sync", peer, e.message)
+                return
+            except Exception as e:
+                log.debug("pull from %s failed: %s", peer, e)
+                return
+            session.received(piece)
+            await self._take(peer, list(piece.manifests), list(piece.tombstones))
+        trusted = set(map(id, await self._trusted_many(session.manifests(), peer)))
+        covered = {n: [m for m in ms if id(m) in trusted] for n, ms in session.covered.items()}
+        self._holds(peer, self._holdings(), covered)
+
+    async def _take(self, peer: str, manifests: list[Manifest], tombstones: list[Tombstone]
+                    ) -> None:
+        """Apply a peer's records: newer tombstones, and fetches of wanted versions
+        (newest first, so the current version is runnable soonest)."""
+        for t in await self._trusted_many(tombstones, peer):
+            if self.store.tombstone(t.name) != t:
                 await self._apply_tombstone(t)
-        for m in newest_first(resp.manifests):
-            if self._trusted(m, peer) and self._wanted(m):
+        for m in newest_first(await self._trusted_many(manifests, peer)):
+            if self._wanted(m):
                 self.fetcher.start(m, prefer=peer)
 
-    def _holds(self, peer: str, manifests: list[Manifest]) -> None:
-        """``peer`` holds exactly ``manifests`` (its digest equals that of this set)."""
+    def _holds(self, peer: str, mine: list[Manifest], covered: dict[str, list[Manifest]]
+               ) -> None:
+        """Record what ``peer`` holds after a round: what we hold, except for the names
+        the round covered, where its own (trusted) records count."""
         if self.table.is_connected(peer):
-            self.table.set_holdings(peer, {m.sha256 for m in manifests})
-            self._names[peer] = {m.name for m in manifests}
+            shas, names = peer_holdings(mine, covered)
+            self.table.set_holdings(peer, shas)
+            self._names[peer] = names
 
     def _stored_from(self, peer: str) -> None:
         """Versions announced by ``peer`` are stored here: sync with it at once, so that
@@ -512,18 +656,35 @@ class MeshService:
         return self.store.read_blob(sha)
 
     def _serve_sync(self, peer: str, request: bytes) -> bytes:
+        if b'"type":"pull"' in request[:4096]:
+            pull = wire.decode_pull_request(request)
+            with self._index_lock:
+                piece = answer_pull(self.index, pull, self._records)
+            return wire.encode_pull_response(piece)
         req = wire.decode_sync_request(request)
-        manifests = tuple(self.store.all_manifests())  # one snapshot: digest and answer agree
-        tombstones = tuple(self.store.tombstones())
-        mine = digest(manifests, tombstones)
-        if req.digest == mine:  # so the peer holds what we hold
-            self._call_soon(self._holds, peer, list(manifests))
-            return wire.encode_sync_response(wire.SyncResponse(mine, None))
-        # They differ from us: pull their side too, without waiting for our timer, but at
-        # most once per interval (two agents that can never agree, e.g. with different
-        # -max-module-size, would otherwise trigger each other in a loop).
-        self._call_soon(self._sync_unless_recent, peer)
-        return wire.encode_sync_response(wire.SyncResponse(mine, manifests, tombstones))
+        members = self.members
+        if members is None:
+            resp = self._answer(req, None)
+        else:
+            with self._mlock:
+                resp = self._answer(req, (members.digest(), members.listed))
+        if resp.buckets is None:  # so the peer holds what we hold
+            self._call_soon(self._holds, peer, self._holdings(), {})
+        else:
+            # They differ from us: pull their side too, without waiting for our timer, but
+            # at most once per interval (two agents that can never agree would otherwise
+            # trigger each other in a loop).
+            self._call_soon(self._sync_unless_recent, peer)
+        return wire.encode_sync_response(resp)
+
+    def _answer(self, req: wire.SyncRequest,
+                members: tuple[str, Callable[[], tuple[wire.Member, ...]]] | None
+                ) -> wire.SyncResponse:
+        with self._index_lock:
+            return answer_sync(self.index, req, members)
+
+    def _records(self, name: str) -> tuple[list[Manifest], Tombstone | None]:
+        return self.store.versions(name), self.store.tombstone(name)
 
     def _serve_info(self, peer: str, request: bytes) -> bytes:
         return wire.encode_info(wire.PeerInfo(self.config.port, __version__))
@@ -603,9 +764,11 @@ class MeshService:
         return 1 + len(self.table.holders(m.sha256))
 
     def peers(self) -> list[dict[str, Any]]:
+        """Every live member of the mesh; ``connected``: this agent holds a direct
+        connection to it (the other fields then come from that connection)."""
         # The host corrects a dialler's address to its listen address once identified.
         live = self.p2p.connected_peers()
-        return [
+        out = [
             {
                 "peer_id": r.peer_id,
                 "addrs": live.get(r.peer_id) or list(r.addrs),
@@ -613,9 +776,27 @@ class MeshService:
                 "connected_since": r.connected_since,
                 "version": r.version,
                 "modules": len(self._names.get(r.peer_id, set())),
+                "connected": True,
             }
-            for r in sorted(self.table.connected_peers(), key=lambda r: r.peer_id)
+            for r in self.table.connected_peers()
         ]
+        direct = {r.peer_id for r in self.table.connected_peers()}
+        members = self.members
+        if members is not None:
+            with self._mlock:
+                others = [(p, members.addrs(p)) for p in members.alive() if p not in direct]
+            for pid, addrs in others:
+                rec = self.table.get(pid)
+                out.append({
+                    "peer_id": pid,
+                    "addrs": list(addrs),
+                    "http_url": rec.http_url if rec is not None else None,
+                    "connected_since": None,
+                    "version": rec.version if rec is not None else None,
+                    "modules": None,
+                    "connected": False,
+                })
+        return sorted(out, key=lambda d: d["peer_id"])
 
 
 def _peer_error(status: int, payload: Any, retry_after: str | None) -> NebulaError:

@@ -70,7 +70,22 @@ class ModuleStore:
         """Blobs stored for a deploy or fetch whose manifest is not written yet: GC skips them."""
         self._corrupt: set[str] = set()
         """Blobs quarantined since start: reads say ``CorruptBlob`` until good bytes arrive."""
+        self._watchers: list[Callable[[str], None]] = []
         self._load()
+
+    def watch(self, fn: Callable[[str], None]) -> None:
+        """Call ``fn(name)`` after every change to a name's versions or tombstone, on the
+        thread that made it, outside the store's lock (the mesh keeps its digest up to
+        date this way instead of recomputing it from the whole store)."""
+        self._watchers.append(fn)
+
+    def _changed(self, *names: str) -> None:
+        for fn in self._watchers:
+            for name in names:
+                try:
+                    fn(name)
+                except Exception:
+                    log.exception("store: watcher failed for %s", name)
 
     # ------------------------------------------------------------------ loading
     def _load(self) -> None:
@@ -220,6 +235,7 @@ class ModuleStore:
             dropped = self._prune(m.name)
         if dropped:
             self._gc_blobs()
+        self._changed(m.name)
         return True
 
     def _prune(self, name: str) -> list[Manifest]:
@@ -251,6 +267,7 @@ class ModuleStore:
             else:
                 self._versions.pop(t.name, None)
         self._gc_blobs()
+        self._changed(t.name)
         return True
 
     def versions(self, name: str) -> list[Manifest]:
