@@ -69,29 +69,48 @@ def name_hash(name: str, manifests: Iterable[Manifest], tombstone: Tombstone | N
 
 
 class DigestIndex:
-    """Name hashes, bucket hashes and the root of an agent's holdings."""
+    """Name hashes, bucket hashes and the root of an agent's holdings.
+
+    The name hashes live in one table per bucket; ``fork()`` makes a copy that shares the
+    tables until either side writes to one (copy on write per bucket), which is how the
+    simulator gives 1,000 agents the same 5,000 modules without 1,000 copies."""
 
     def __init__(self) -> None:
-        self._names: dict[str, int] = {}
+        self._tables: list[dict[str, int]] = [{} for _ in range(BUCKETS)]
+        self._owned = [True] * BUCKETS
         self._buckets = [0] * BUCKETS
-        self._members: list[set[str]] = [set() for _ in range(BUCKETS)]
+        self._count = 0
         self._root: str | None = None
+
+    def fork(self) -> DigestIndex:
+        """A copy of this index; both share tables until they write (O(BUCKETS))."""
+        child = DigestIndex.__new__(DigestIndex)
+        child._tables = list(self._tables)
+        child._owned = [False] * BUCKETS
+        self._owned = [False] * BUCKETS
+        child._buckets = list(self._buckets)
+        child._count = self._count
+        child._root = self._root
+        return child
 
     def update(self, name: str, manifests: Iterable[Manifest], tombstone: Tombstone | None,
                keep: int) -> bool:
         """Set ``name``'s holdings; True if its hash changed."""
         new = name_hash(name, kept(manifests, tombstone, keep), tombstone)
-        old = self._names.get(name, 0)
+        b = bucket_of(name)
+        old = self._tables[b].get(name, 0)
         if new == old:
             return False
-        b = bucket_of(name)
+        if not self._owned[b]:
+            self._tables[b] = dict(self._tables[b])
+            self._owned[b] = True
+        table = self._tables[b]
         self._buckets[b] ^= old ^ new
         if new:
-            self._names[name] = new
-            self._members[b].add(name)
+            table[name] = new
         else:
-            self._names.pop(name, None)
-            self._members[b].discard(name)
+            del table[name]
+        self._count += (new != 0) - (old != 0)
         self._root = None
         return True
 
@@ -114,14 +133,14 @@ class DigestIndex:
         return [i for i, (a, b) in enumerate(zip(self.buckets(), theirs, strict=True)) if a != b]
 
     def names_in(self, bucket: int) -> list[str]:
-        return sorted(self._members[bucket])
+        return sorted(self._tables[bucket])
 
     def hash_of(self, name: str) -> int:
-        return self._names.get(name, 0)
+        return self._tables[bucket_of(name)].get(name, 0)
 
     def hashes_in(self, buckets: Iterable[int]) -> dict[str, str]:
         """``{name: hex hash}`` of every name in ``buckets``."""
-        return {n: f"{self._names[n]:016x}" for b in buckets for n in self._members[b]}
+        return {n: f"{h:016x}" for b in buckets for n, h in self._tables[b].items()}
 
     def __len__(self) -> int:
-        return len(self._names)
+        return self._count

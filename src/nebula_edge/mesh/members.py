@@ -47,6 +47,11 @@ DEAD_KEEP_S = 300.0
 at 1,000 agents in the simulator), so no stale "alive" brings them back."""
 
 
+def _entry_hash(peer: str, incarnation: int, alive: bool) -> int:
+    h = hashlib.sha256(f"{peer}:{incarnation}:{int(alive)}".encode()).digest()[:8]
+    return int.from_bytes(h, "big")
+
+
 @dataclass
 class _Entry:
     incarnation: int
@@ -64,23 +69,28 @@ class Members:
         self._entries: dict[str, _Entry] = {self_id: _Entry(incarnation, True, tuple(addrs), now)}
         self._lost: dict[str, tuple[float, int]] = {}
         """peer -> (when its direct connection was lost, its incarnation then)."""
-        self._digest: str | None = None
+        self._dead: set[str] = set()
+        self._alive_count = 1
+        self._xor = _entry_hash(self_id, incarnation, True)
+        self._listed: tuple[Member, ...] | None = None
 
     # ------------------------------------------------------------------ views
     def digest(self) -> str:
-        if self._digest is None:
-            h = hashlib.sha256()
-            for pid in sorted(self._entries):
-                e = self._entries[pid]
-                h.update(f"{pid}:{e.incarnation}:{int(e.alive)}\n".encode())
-            self._digest = h.hexdigest()[:32]
-        return self._digest
+        """XOR of 64-bit hashes of every (id, incarnation, alive): O(1) per change."""
+        return f"{self._xor:016x}"
 
     def listed(self) -> tuple[Member, ...]:
         """The list sent to a peer: alive members first, at most ``MAX_MEMBERS``."""
-        out = sorted(self._entries.items(), key=lambda kv: (not kv[1].alive, kv[0]))
-        return tuple(Member(pid, e.incarnation, e.alive, e.addrs)
-                     for pid, e in out[:MAX_MEMBERS])
+        if self._listed is None:
+            out = sorted(self._entries.items(), key=lambda kv: (not kv[1].alive, kv[0]))
+            self._listed = tuple(Member(pid, e.incarnation, e.alive, e.addrs)
+                                 for pid, e in out[:MAX_MEMBERS])
+        return self._listed
+
+    def dead(self) -> list[str]:
+        """Members reported dead and not yet collected (Serf tries to reconnect to them:
+        after a partition heals, that is how the two sides find each other again)."""
+        return sorted(self._dead)
 
     def alive(self) -> list[str]:
         """Live members other than this agent, sorted. A peer whose direct connection this
@@ -103,7 +113,7 @@ class Members:
 
     def count(self) -> int:
         """Live members, this agent included (scales the sync interval)."""
-        return sum(1 for e in self._entries.values() if e.alive)
+        return self._alive_count
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -114,23 +124,32 @@ class Members:
         if e is not None and (e.incarnation, e.alive) == (inc, alive):
             if addrs and addrs != e.addrs:
                 e.addrs = addrs
+                self._listed = None
             return False
         if e is None and len(self._entries) >= MAX_MEMBERS:
             return False  # bounded: a liar cannot grow the list past the cap
         self._entries[peer] = _Entry(inc, alive, addrs or (e.addrs if e else ()), now)
-        self._digest = None
+        if e is not None:
+            self._xor ^= _entry_hash(peer, e.incarnation, e.alive)
+        self._xor ^= _entry_hash(peer, inc, alive)
+        self._alive_count += alive - (e is not None and e.alive)
+        if alive:
+            self._dead.discard(peer)
+        else:
+            self._dead.add(peer)
+        self._listed = None
         return True
 
     def connected(self, peer: str, addrs: Iterable[str], now: float) -> None:
-        """A direct connection came up: the peer is alive (at the incarnation known, else
-        0; its own list will tell the real one). A dead record at that incarnation is
+        """A direct connection came up. An unknown peer is added by its own list (the
+        sync on connect brings it, with its real incarnation): adding it here at a guessed
+        one would make member digests disagree until that list spread. A dead record is
         left for the peer to refute: our connection might be a stale one."""
         self._lost.pop(peer, None)
         e = self._entries.get(peer)
-        if e is None:
-            self._set(peer, 0, True, tuple(addrs), now)
-        elif addrs:
+        if e is not None and addrs:
             e.addrs = tuple(addrs)
+            self._listed = None
 
     def lost(self, peer: str, now: float, trimmed: bool = False) -> None:
         """The direct connection to ``peer`` went down (``trimmed``: we closed it)."""
@@ -176,8 +195,9 @@ class Members:
                 if e is not None and e.alive and e.incarnation == inc:
                     self._set(peer, inc, False, e.addrs, now)
                     dead.append(peer)
-        for peer, e in list(self._entries.items()):
-            if not e.alive and now - e.since >= DEAD_KEEP_S:
-                del self._entries[peer]
-                self._digest = None
+        for peer in [p for p in self._dead if now - self._entries[p].since >= DEAD_KEEP_S]:
+            e = self._entries.pop(peer)
+            self._xor ^= _entry_hash(peer, e.incarnation, e.alive)
+            self._dead.discard(peer)
+            self._listed = None
         return dead

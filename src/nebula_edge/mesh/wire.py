@@ -77,6 +77,11 @@ class Delete:
 GossipMessage = Announce | Delete
 
 
+BYE = b'{"type":"bye","v":1}'
+"""Sent on ``SYNC_PROTOCOL`` before closing a connection on purpose (over ``CONN_HIGH``):
+the peer then does not take the close for a failure."""
+
+
 @dataclass(frozen=True)
 class Member:
     """One agent of the mesh as another agent knows it (SWIM-style: the incarnation is

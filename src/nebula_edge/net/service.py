@@ -321,7 +321,14 @@ class MeshService:
                       key=lambda r: r.connected_since or 0.0, reverse=True)
         for rec in recs[: len(recs) - CONN_HIGH]:
             self._trimmed.add(rec.peer_id)
-            self.p2p.forget(rec.peer_id, close=True)
+            self._spawn(self._bye(rec.peer_id))
+
+    async def _bye(self, peer: str) -> None:
+        """Tell ``peer`` the connection is closed on purpose (it must not report this
+        agent dead), then close it and stop redialling it."""
+        with contextlib.suppress(Exception):
+            await self._request(peer, wire.SYNC_PROTOCOL, wire.BYE, 5, 64)
+        self.p2p.forget(peer, close=True)
 
     async def _request(
         self, peer: str, protocol: str, payload: bytes, timeout: float, max_response: int
@@ -656,6 +663,9 @@ class MeshService:
         return self.store.read_blob(sha)
 
     def _serve_sync(self, peer: str, request: bytes) -> bytes:
+        if request == wire.BYE:
+            self._call_soon(self._trimmed.add, peer)
+            return b"{}"
         if b'"type":"pull"' in request[:4096]:
             pull = wire.decode_pull_request(request)
             with self._index_lock:
@@ -670,7 +680,7 @@ class MeshService:
                 resp = self._answer(req, (members.digest(), members.listed))
         if resp.buckets is None:  # so the peer holds what we hold
             self._call_soon(self._holds, peer, self._holdings(), {})
-        else:
+        if resp.buckets is not None or resp.members is not None:
             # They differ from us: pull their side too, without waiting for our timer, but
             # at most once per interval (two agents that can never agree would otherwise
             # trigger each other in a loop).
