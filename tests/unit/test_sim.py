@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 import nebula_edge
-from nebula_edge.sim.fleet import Fleet
+from nebula_edge.mesh import wire
+from nebula_edge.sim.fleet import Fleet, member_size
 
 N, MODULES = 40, 300
 
@@ -108,6 +109,14 @@ def test_the_simulator_imports_only_sans_io_code() -> None:
                                                    "nebula_edge.store", "asyncio")), path
             if isinstance(node, ast.Import):
                 assert not any(a.name in ("time", "asyncio", "socket") for a in node.names), path
+
+
+def test_member_size_matches_the_encoder() -> None:
+    ms = tuple(wire.Member(f"agent{i:04d}", i * 37, i % 3 != 0, (f"agent{i:04d}",) * (i % 3))
+               for i in range(200))
+    empty = len(wire.encode_sync_response(wire.SyncResponse("", None, ())))
+    full = len(wire.encode_sync_response(wire.SyncResponse("", None, ms)))
+    assert abs(sum(member_size(m) for m in ms) - (full - empty)) <= 1
 
 
 @pytest.mark.parametrize("seed", [1, 2])

@@ -107,6 +107,15 @@ class Members:
         e = self._entries.get(peer)
         return e.addrs if e is not None else ()
 
+    def me(self) -> Member:
+        """This agent's own record (what it publishes on joining or refuting)."""
+        e = self._entries[self.self_id]
+        return Member(self.self_id, e.incarnation, True, e.addrs)
+
+    def record(self, peer: str) -> Member | None:
+        e = self._entries.get(peer)
+        return Member(peer, e.incarnation, e.alive, e.addrs) if e is not None else None
+
     def incarnation(self, peer: str) -> int | None:
         e = self._entries.get(peer)
         return e.incarnation if e is not None else None

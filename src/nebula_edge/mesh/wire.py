@@ -32,6 +32,10 @@ from nebula_edge.errors import BadRequest
 from nebula_edge.manifest import Manifest, Tombstone
 
 TOPIC = "nebula-edge/modules/1"
+MEMBERS_TOPIC = "nebula-edge/members/1"
+"""Membership news (Serf's gossip of member events): an agent's own record when it joins
+or refutes a report of its death, and the death reports it makes. Sync rounds carry the
+same lists as the backstop (``mesh/members.py``)."""
 BLOB_PROTOCOL = "/nebula-edge/blob/1.0.0"
 SYNC_PROTOCOL = "/nebula-edge/sync/1.0.0"
 INFO_PROTOCOL = "/nebula-edge/info/1.0.0"
@@ -200,6 +204,17 @@ def decode_gossip(data: bytes) -> GossipMessage:
     if len(wasm) != m.size or len(wasm) > INLINE_MAX:
         raise BadRequest("inline wasm size does not match the manifest")
     return Announce(m, wasm)
+
+
+def encode_member_news(m: Member) -> bytes:
+    return _dump({"type": "member", "member": _member_json(m)})
+
+
+def decode_member_news(data: bytes) -> Member:
+    d = _load(data, 4096)
+    if d.get("type") != "member":
+        raise BadRequest("not a member message")
+    return _member(d.get("member"))
 
 
 def encode_sync_request(r: SyncRequest) -> bytes:

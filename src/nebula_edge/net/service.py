@@ -136,7 +136,7 @@ class MeshService:
             listen_ip=config.bind if config.bind not in ("", "::") else "0.0.0.0",
             port=config.effective_p2p_port,
             advertise_ips=ips,
-            topics=[wire.TOPIC],
+            topics=[wire.TOPIC, wire.MEMBERS_TOPIC],
             on_event=self._on_event,
             handlers={
                 wire.BLOB_PROTOCOL: self._serve_blob,
@@ -233,6 +233,8 @@ class MeshService:
                         self._forget(ev.peer_id)
                         log.info("peer lost: %s", ev.peer_id)
                     self.metrics.peers.set(len(self.table.connected_peers()))
+                elif isinstance(ev, GossipMessage) and ev.topic == wire.MEMBERS_TOPIC:
+                    self._member_news(ev.from_peer, ev.data)
                 elif isinstance(ev, GossipMessage):
                     await self._gossip(ev.from_peer, ev.data)
             except Exception:
@@ -254,7 +256,36 @@ class MeshService:
         if info is not None and info.done():
             del self._infos[peer]
 
+    def _publish_member(self, m: wire.Member) -> None:
+        with contextlib.suppress(Exception):
+            self.p2p.publish(wire.MEMBERS_TOPIC, wire.encode_member_news(m))
+
+    def _merge_members(self, listed: tuple[wire.Member, ...] | list[wire.Member]) -> None:
+        """Take members from a peer; if one said this agent is dead, the refutation (a
+        higher incarnation) is published at once."""
+        members = self.members
+        if members is None:
+            return
+        with self._mlock:
+            before = members.incarnation(self.peer_id)
+            members.merge(listed, time.monotonic())
+            me = members.me()
+        if me.incarnation != before:
+            log.info("mesh: refuting a report of this agent's death (incarnation %d)",
+                     me.incarnation)
+            self._publish_member(me)
+
+    def _member_news(self, peer: str, data: bytes) -> None:
+        try:
+            m = wire.decode_member_news(data)
+        except BadRequest as e:
+            self._reject("malformed", peer, e.message)
+            return
+        self._merge_members([m])
+
     async def _peer_connected(self, ev: PeerConnected) -> None:
+        if not self._joined.is_set() and self.members is not None:
+            self._call_later_member_news()
         self._joined.set()
         if self.table.connected(ev.peer_id, ev.addrs, time.time()):
             log.info("peer joined: %s (%s)", ev.peer_id, ", ".join(ev.addrs[:2]))
@@ -264,6 +295,15 @@ class MeshService:
         self.metrics.peers.set(len(self.table.connected_peers()))
         self._info(ev.peer_id)
         self._sync(ev.peer_id)
+
+    def _call_later_member_news(self) -> None:
+        """On joining (first connection): publish this agent's record once gossipsub had a
+        heartbeat to graft the new connection into its mesh."""
+        loop = self._loop
+        members = self.members
+        if loop is not None and members is not None:
+            loop.call_later(max(1.0, self.config.heartbeat_s),
+                            lambda: self._publish_member(members.me()))
 
     def _on_found(self, peer: DiscoveredPeer) -> None:
         if peer.peer_id == self.peer_id:
@@ -306,6 +346,10 @@ class MeshService:
                               and now - self._last_dial.get(p, -1e9) > 30.0]
             for peer in dead:
                 log.info("member reported dead: %s (lost and not back)", peer)
+                with self._mlock:
+                    rec = members.record(peer)
+                if rec is not None:
+                    self._publish_member(rec)
             if len(connected) < CONN_LOW and candidates:
                 peer, addrs = self._rng.choice(candidates)
                 self._last_dial[peer] = now
@@ -402,6 +446,13 @@ class MeshService:
     def _validate_gossip(self, data: bytes) -> bool:
         """Runs on the libp2p thread for every gossip message, before it is delivered or
         relayed: malformed or untrusted messages go no further than this agent."""
+        if data.startswith(b'{"member":'):  # canonical JSON: keys sorted
+            try:
+                wire.decode_member_news(data)
+                return True
+            except BadRequest as e:
+                self._reject("malformed", "gossip", e.message)
+                return False
         try:
             msg = wire.decode_gossip(data)
         except BadRequest as e:
@@ -597,9 +648,8 @@ class MeshService:
             self.metrics.sync_total.labels("failed").inc()
             log.debug("sync with %s failed: %s", peer, e)
             return
-        if resp.members is not None and members is not None:
-            with self._mlock:
-                members.merge(resp.members, time.monotonic())
+        if resp.members is not None:
+            self._merge_members(resp.members)
         self.metrics.sync_total.labels("same" if resp.buckets is None else "differ").inc()
         if resp.buckets is None:  # same root: the peer holds exactly what we hold
             self._holds(peer, self._holdings(), {})

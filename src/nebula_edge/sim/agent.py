@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from nebula_edge.manifest import Manifest, Tombstone, admits
@@ -123,6 +124,8 @@ class SimAgent:
         self.sim.at(self.rounds.next_delay(self.members.count(), self.sim.rng),
                     lambda: self._round_timer(epoch))
         self.sim.at(MAINTAIN_S * self.sim.rng.random(), lambda: self._maintain(epoch))
+        self.sim.at(HEARTBEAT_S, lambda: self.publish_member(self.members.me())
+                    if epoch == self.epoch else None)
 
     def stop(self) -> None:
         self.up = False
@@ -143,7 +146,10 @@ class SimAgent:
             return
         now = self.sim.now
         self.graft()
-        self.members.tick(now, self.conns)
+        for peer in self.members.tick(now, self.conns):
+            rec = self.members.record(peer)
+            if rec is not None:
+                self.publish_member(rec)
         if len(self.conns) < CONN_LOW:
             candidates = [p for p in self.members.alive() if p not in self.conns]
             if candidates:
@@ -209,6 +215,38 @@ class SimAgent:
             return False
         return self.store.wants(m)
 
+    # ------------------------------------------------------------------ membership news
+    def publish_member(self, m: wire.Member) -> None:
+        key = f"member:{m.peer_id}:{m.incarnation}:{m.alive}"
+        self._flood(key, len(wire.encode_member_news(m)) + REQUEST_OVERHEAD,
+                    lambda agent: agent.merge_members([m]), frm=None)
+
+    def merge_members(self, listed: tuple[wire.Member, ...] | list[wire.Member]) -> None:
+        before = self.members.incarnation(self.id)
+        self.members.merge(listed, self.sim.now)
+        if self.members.incarnation(self.id) != before:
+            self.publish_member(self.members.me())  # refute at once
+
+    def _flood(self, key: str, size: int, apply: Callable[[SimAgent], object],
+               frm: str | None) -> None:
+        """gossipsub's flood of a small message: relayed once, after validation."""
+        self.seen.add(key)
+        for peer in self.mesh:
+            if peer != frm:
+                self.net.send(self.id, peer, "gossip", size,
+                              functools.partial(self.fleet.agents[peer].on_flood, key, size,
+                                                apply, self.id))
+
+    def on_flood(self, key: str, size: int, apply: Callable[[SimAgent], object],
+                 frm: str) -> None:
+        if not self.up or key in self.seen:
+            return
+        self.seen.add(key)
+        epoch = self.epoch
+        apply(self)
+        self.sim.at(VALIDATE_S, lambda: self._flood(key, size, apply, frm)
+                    if epoch == self.epoch else None)
+
     # ------------------------------------------------------------------ gossip (modelled)
     def _relay(self, m: Manifest, wasm_size: int, frm: str | None) -> None:
         self.seen.add(m.id)
@@ -265,7 +303,7 @@ class SimAgent:
             self._end_round(peer)
             return
         if resp.members is not None:
-            self.members.merge(resp.members, self.sim.now)
+            self.merge_members(resp.members)
         if resp.buckets is None:
             self._end_round(peer)
             return

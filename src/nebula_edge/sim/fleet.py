@@ -45,6 +45,13 @@ def module(name: str, at: float, size: int = 200, tag: str = "0") -> Manifest:
                     limits=Limits(), deployed_at=at, publisher="ed25519:sim")
 
 
+def member_size(m: wire.Member) -> int:
+    """Bytes of one member in a sync answer's JSON, without encoding it (the unit tests
+    check it against ``wire.encode_sync_response``)."""
+    return 41 + (not m.alive) + len(m.peer_id) + len(str(m.incarnation)) + sum(
+        len(a) + 3 for a in m.addrs) - (1 if m.addrs else 0)
+
+
 @dataclass
 class Rates:
     bytes_per_s: float
@@ -62,7 +69,6 @@ class Fleet:
         self.watch: set[str] = set()
         """Manifest ids whose arrival times are recorded (the deploys being measured)."""
         self._gossip_sizes: dict[tuple[str, int], int] = {}
-        self._member_sizes: dict[tuple[str, str], int] = {}
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -114,15 +120,11 @@ class Fleet:
         return self._gossip_sizes[key]
 
     def response_size(self, a: SimAgent, resp: wire.SyncResponse) -> int:
-        """Encoded size of a sync answer; the member list's part is cached per digest
+        """Encoded size of a sync answer; the member list's part from ``member_size``
         (encoding 1,000 members every round would dominate the simulator's own time)."""
         size = len(wire.encode_sync_response(wire.SyncResponse(resp.digest, resp.buckets)))
         if resp.members is not None:
-            key = (a.id, a.members.digest())
-            if key not in self._member_sizes:
-                self._member_sizes[key] = len(wire.encode_sync_response(
-                    wire.SyncResponse("", None, resp.members)))
-            size += self._member_sizes[key]
+            size += sum(member_size(m) for m in resp.members)
         return size + REQUEST_OVERHEAD
 
     # ------------------------------------------------------------------ events
