@@ -158,7 +158,8 @@ class P2PHealth:
     """An incarnation is listening (False while the supervisor waits to restart it)."""
     restarts: int
     last_restart_at: float | None
-    """``time.time()`` of the last restart, None if there was none."""
+    """``time.time()`` when the supervisor last found the host dead and restarted it
+    (after its backoff), None if it never did."""
     since_restart_s: float | None
     dropped_publishes: int
     loop_lag_s: float | None
@@ -698,8 +699,6 @@ class P2PHost:
         with self._lock:
             self._port, self._inc = port, inc
             self._running, self._last_tick = True, time.monotonic()
-            if self._restarts:
-                self._last_restart = (time.time(), self._last_tick)
             self._candidates.reset_dialling()
             self._token = trio.lowlevel.current_trio_token()
             stopping = self._stop_flag.is_set()
@@ -748,6 +747,7 @@ class P2PHost:
             delay, backoff = hardened.jitter(backoff), min(backoff * 2, _RESTART_MAX_S)
             with self._lock:
                 self._restarts += 1
+                self._last_restart = (time.time(), time.monotonic())
             logger.error("p2p host crashed; restarting in %.1fs", delay, exc_info=error or True)
             resume = time.monotonic() + delay
             while time.monotonic() < resume and not self._stop_flag.wait(0.1):
