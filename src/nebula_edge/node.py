@@ -31,7 +31,7 @@ from nebula_edge.errors import (
     StoreError,
 )
 from nebula_edge.manifest import Manifest, Tombstone, check_name, parse_limits
-from nebula_edge.metrics import Metrics
+from nebula_edge.metrics import MeshFigures, Metrics, watch_mesh
 from nebula_edge.sandbox import Sandbox
 from nebula_edge.store import ModuleStore
 from nebula_edge.store.fsutil import DirLock
@@ -87,6 +87,7 @@ class Node:
             from nebula_edge.net.service import MeshService
 
             self.mesh = MeshService(config, self.store, self.sandbox, self.metrics)
+            watch_mesh(self.metrics, self.mesh_figures)
         self.metrics.modules.set(len(self.store.names()))
 
     # ------------------------------------------------------------------ lifecycle
@@ -318,9 +319,56 @@ class Node:
             d["peers"] = self.mesh.holders(m)
         return d
 
-    def health(self) -> dict[str, Any]:
+    def mesh_figures(self) -> MeshFigures | None:
+        """The mesh's health figures and bounds for ``/metrics`` (None without a mesh).
+        Thread-safe: every source is a thread-safe snapshot."""
+        if self.mesh is None:
+            return None
+        p2p = self.mesh.p2p
+        h = p2p.health()
+        bounds = [(b.name, b.size, b.limit, b.dropped) for b in p2p.bounds()]
+        events: Any = getattr(self.mesh, "_events", None)  # p2p.EventQueue
+        if hasattr(events, "bound"):
+            b = events.bound()
+            bounds.append((b.name, b.size, b.limit, b.dropped))
+        if self.mesh.mdns is not None:
+            bounds += self.mesh.mdns.bounds()
         return {
-            "status": "ok",
+            "p2p_up": int(h.running), "p2p_restarts": h.restarts,
+            "p2p_last_restart": h.last_restart_at or 0.0,
+            "p2p_dropped_publishes": h.dropped_publishes,
+            "p2p_loop_lag": h.loop_lag_s or 0.0, "p2p_loop_stalls": h.loop_stalls,
+            "candidate_dials": h.candidate_dials,
+            "candidate_dial_failures": h.candidate_dial_failures,
+            "requests_refused": h.requests_refused, "bounds": bounds,
+        }
+
+    def _mesh_health(self) -> tuple[list[str], dict[str, Any] | None]:
+        """Why the mesh is degraded (empty: it is not), and its figures for /healthz."""
+        if self.mesh is None:
+            return [], None
+        h = self.mesh.p2p.health()
+        sync = {o: self.metrics.registry.get_sample_value(
+            "nebula_edge_sync_total", {"outcome": o}) or 0 for o in ("failed", "malformed")}
+        events = getattr(self.mesh, "_events", None)
+        return h.problems, {
+            "p2p_running": h.running,
+            "p2p_restarts": h.restarts,
+            "p2p_last_restart_at": h.last_restart_at,
+            "p2p_loop_lag_s": None if h.loop_lag_s is None else round(h.loop_lag_s, 3),
+            "p2p_loop_stalls": h.loop_stalls,
+            "dropped_publishes": h.dropped_publishes,
+            "dropped_events": getattr(events, "dropped", 0),
+            "sync_failures": int(sum(sync.values())),
+            "mdns_candidates": h.candidates,
+        }
+
+    def health(self) -> dict[str, Any]:
+        problems, mesh_health = self._mesh_health()
+        return {
+            "status": "degraded" if problems else "ok",
+            **({"problems": problems} if problems else {}),
+            **({"mesh_health": mesh_health} if mesh_health is not None else {}),
             "version": __version__,
             "node_id": self.node_id,
             "port": self.config.port,

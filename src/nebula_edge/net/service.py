@@ -95,7 +95,7 @@ class MeshService:
         self._names: dict[str, set[str]] = {}
         """peer id -> module names it holds (from its sync answers and announcements)."""
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._events: asyncio.Queue[P2PEvent] = asyncio.Queue()
+        self._events: asyncio.Queue[P2PEvent] = P2PHost.event_queue()  # bounded, counted
         self._tasks: set[asyncio.Task[Any]] = set()
         self._rng = random.Random()
         self.fetcher = Fetcher(store, sandbox, metrics, self.table, self._request,
@@ -317,8 +317,7 @@ class MeshService:
         if now - self._last_dial.get(peer.peer_id, -1e9) < 2.0:
             return
         self._last_dial[peer.peer_id] = now
-        for addr in peer.p2p_addrs:
-            self._dial(addr)
+        self.p2p.candidate(peer.peer_id, peer.p2p_addrs)  # dialled with backoff, expires
 
     def _dial(self, addr: str) -> None:
         fut = self.p2p.connect(addr)
