@@ -16,6 +16,7 @@ Stream protocols (request/response frames, see ``net/p2p.py``):
   digests differ), then ``PullRequest`` (some differing buckets, the asker's name hashes
   in them, a cursor) -> ``PullResponse`` (the records of the names whose hashes differ,
   at most ``PIECE_RECORDS`` records a piece, and the cursor of the next piece).
+  Also on it: ``blobs`` (many small blobs in one request, for a catch-up) and ``BYE``.
 * ``INFO_PROTOCOL``: request = empty; response = ``PeerInfo`` (HTTP port, version).
 """
 
@@ -63,6 +64,11 @@ MAX_PULL_REQUEST = 512 * 1024
 8,000 names fit, under the host's 1 MiB request limit."""
 MAX_PULL_BUCKETS = 32
 """Buckets asked for in one pull request: 32 of 256 is ~625 names of 5,000 (25 KiB)."""
+BLOBS_PER_REQUEST = 64
+"""Small blobs (<= ``INLINE_MAX``) asked for in one ``blobs`` request during a catch-up:
+one request stream instead of 64 (the server allows 8 streams per peer at once)."""
+MAX_BLOBS_RESPONSE = 4 * 1024 * 1024
+"""64 blobs of up to 32 KiB, base64: 2.7 MiB at most."""
 MAX_MEMBERS = 2048
 """Members in one sync answer: twice the 1,000 agents the simulator is run with."""
 
@@ -215,6 +221,42 @@ def decode_member_news(data: bytes) -> Member:
     if d.get("type") != "member":
         raise BadRequest("not a member message")
     return _member(d.get("member"))
+
+
+def encode_blobs_request(shas: list[str]) -> bytes:
+    return _dump({"type": "blobs", "shas": shas})
+
+
+def decode_blobs_request(data: bytes) -> list[str]:
+    d = _load(data, 64 * 1024)
+    shas = d.get("shas")
+    if d.get("type") != "blobs" or not isinstance(shas, list) or len(shas) > BLOBS_PER_REQUEST \
+            or not all(isinstance(x, str) and mf.SHA256_RE.fullmatch(x) for x in shas):
+        raise BadRequest("malformed blobs request")
+    return shas
+
+
+def encode_blobs_response(blobs: dict[str, bytes]) -> bytes:
+    return _dump({"type": "blobs-response",
+                  "blobs": {k: base64.b64encode(v).decode() for k, v in blobs.items()}})
+
+
+def decode_blobs_response(data: bytes) -> dict[str, bytes]:
+    """sha256 -> bytes, as the peer sent them (the caller checks every hash)."""
+    d = _load(data, MAX_BLOBS_RESPONSE)
+    blobs = d.get("blobs")
+    if d.get("type") != "blobs-response" or not isinstance(blobs, dict) \
+            or len(blobs) > BLOBS_PER_REQUEST:
+        raise BadRequest("malformed blobs response")
+    out = {}
+    for k, v in blobs.items():
+        if not isinstance(v, str):
+            raise BadRequest("malformed blobs response")
+        try:
+            out[k] = base64.b64decode(v, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest("blob is not valid base64") from None
+    return out
 
 
 def encode_sync_request(r: SyncRequest) -> bytes:

@@ -74,6 +74,14 @@ FORWARDED_HEADER = wire.FORWARDED_HEADER
 MAINTAIN_S = 2.0
 """Membership and connection upkeep period: report lost peers dead after SUSPECT_S,
 dial a member while below CONN_LOW. One timer, whatever the fleet's size."""
+CATCHUP_MIN = 8
+"""Wanted versions in one pull piece from which they are fetched as a batch (a late
+joiner, an agent back from a partition) rather than one Fetcher task each."""
+CATCHUP_FETCHES = 2
+"""``blobs`` requests in flight to one peer during a catch-up (each up to 64 blobs): with
+the Fetcher's 4 and a sync, under the 8 request streams a peer serves per peer at once."""
+CATCHUP_BATCH = 64
+"""Modules stored per filesystem sync during a catch-up (500 modules: 8 syncs)."""
 MAX_REFUSED = 10_000
 """Versions this agent refuses for good (over its size or limit maxima) that it still
 counts in its digest; past it the oldest are forgotten (they then cost one differing
@@ -655,11 +663,27 @@ class MeshService:
             return
         with self._index_lock:
             session = PullSession.start(self.index, resp.buckets)
+        batches: list[asyncio.Task[None]] = []
+        try:
+            whole = await self._pull_pieces(peer, session, batches)
+        finally:
+            # The round ends once what it found is stored (a call waiting for the round
+            # then finds the module here).
+            await asyncio.gather(*batches, return_exceptions=True)
+        if not whole:
+            return
+        trusted = set(map(id, await self._trusted_many(session.manifests(), peer)))
+        covered = {n: [m for m in ms if id(m) in trusted] for n, ms in session.covered.items()}
+        self._holds(peer, self._holdings(), covered)
+
+    async def _pull_pieces(self, peer: str, session: PullSession,
+                           batches: list[asyncio.Task[None]]) -> bool:
+        """Pull the pieces of a round; False if a request failed on the way."""
         while True:
             with self._index_lock:
                 pull = session.next_request()
             if pull is None:
-                break
+                return True
             try:
                 data = await self._request(peer, wire.SYNC_PROTOCOL,
                                            wire.encode_pull_request(pull), 30,
@@ -667,26 +691,116 @@ class MeshService:
                 piece = wire.decode_pull_response(data)
             except BadRequest as e:
                 self._reject("malformed_sync", peer, e.message)
-                return
+                return False
             except Exception as e:
                 log.debug("pull from %s failed: %s", peer, e)
-                return
+                return False
             session.received(piece)
-            await self._take(peer, list(piece.manifests), list(piece.tombstones))
-        trusted = set(map(id, await self._trusted_many(session.manifests(), peer)))
-        covered = {n: [m for m in ms if id(m) in trusted] for n, ms in session.covered.items()}
-        self._holds(peer, self._holdings(), covered)
+            batch = await self._take(peer, list(piece.manifests), list(piece.tombstones))
+            if batch is not None:
+                batches.append(batch)
 
     async def _take(self, peer: str, manifests: list[Manifest], tombstones: list[Tombstone]
-                    ) -> None:
+                    ) -> asyncio.Task[None] | None:
         """Apply a peer's records: newer tombstones, and fetches of wanted versions
-        (newest first, so the current version is runnable soonest)."""
+        (newest first, so the current version is runnable soonest). Many at once (a late
+        joiner) go the batch way: the task returned ends when they are stored."""
         for t in await self._trusted_many(tombstones, peer):
             if self.store.tombstone(t.name) != t:
                 await self._apply_tombstone(t)
-        for m in newest_first(await self._trusted_many(manifests, peer)):
-            if self._wanted(m):
+        wanted = [m for m in newest_first(await self._trusted_many(manifests, peer))
+                  if self._wanted(m)]
+        if len(wanted) >= CATCHUP_MIN:
+            return self._spawn(self._catch_up(peer, wanted))
+        for m in wanted:
+            self.fetcher.start(m, prefer=peer)
+        return None
+
+    async def _catch_up(self, peer: str, wanted: list[Manifest]) -> None:
+        """Fetch, verify and store many versions from ``peer``: small blobs
+        ``BLOBS_PER_REQUEST`` to a request, ``CATCHUP_FETCHES`` requests in flight, each
+        blob compiled (in the executor) while the next requests travel, and stored
+        ``CATCHUP_BATCH`` at a time with one filesystem sync (``put_many``). Big blobs,
+        and whatever fails here, go to the Fetcher (every holder, with backoff)."""
+        loop = asyncio.get_running_loop()
+        by_sha: dict[str, list[Manifest]] = {}
+        for m in wanted:
+            if m.size <= wire.INLINE_MAX:
+                by_sha.setdefault(m.sha256, []).append(m)
+            else:
                 self.fetcher.start(m, prefer=peer)
+        shas = list(by_sha)
+        groups = [shas[i:i + wire.BLOBS_PER_REQUEST]
+                  for i in range(0, len(shas), wire.BLOBS_PER_REQUEST)]
+        sem = asyncio.Semaphore(CATCHUP_FETCHES)
+        ready: list[tuple[bytes, list[Manifest]]] = []
+        flushes: list[asyncio.Future[list[Manifest]]] = []
+        missing: list[str] = []
+
+        def flush() -> None:
+            if ready:
+                items = ready[:]
+                ready.clear()
+                flushes.append(loop.run_in_executor(None, self.store.put_many, items))
+
+        async def admit(sha: str, data: bytes) -> None:
+            ok = await loop.run_in_executor(None, self._admit_all, peer, by_sha[sha], data)
+            if ok:
+                ready.append((data, ok))
+                if len(ready) >= CATCHUP_BATCH:
+                    flush()
+
+        async def one(group: list[str]) -> None:
+            async with sem:
+                try:
+                    got = wire.decode_blobs_response(await self._request(
+                        peer, wire.SYNC_PROTOCOL, wire.encode_blobs_request(group), 30,
+                        wire.MAX_BLOBS_RESPONSE))
+                except Exception as e:
+                    log.info("catch-up fetch of %d blobs from %s failed: %s", len(group),
+                             peer, e)
+                    missing.extend(group)
+                    return
+            compiles = []
+            for sha in group:
+                data = got.get(sha)
+                if data is None:
+                    missing.append(sha)
+                elif len(data) != by_sha[sha][0].size or sha256_hex(data) != sha:
+                    self.metrics.fetch_total.labels("bad_hash").inc()
+                    self._reject("hash_mismatch", peer, f"fetched bytes for {sha[:12]}")
+                else:
+                    self.metrics.fetch_total.labels("ok").inc()
+                    compiles.append(admit(sha, data))
+            await asyncio.gather(*compiles)
+
+        await asyncio.gather(*(one(g) for g in groups))
+        flush()
+        added = [m for got in await asyncio.gather(*flushes, return_exceptions=True)
+                 if isinstance(got, list) for m in got]
+        for sha in missing:
+            for m in by_sha[sha]:
+                self.fetcher.start(m, prefer=peer)
+        if added:
+            self.metrics.deploys_total.labels("peer").inc(len(added))
+            self.metrics.modules.set(len(self.store.names()))
+            log.info("caught up %d module version(s) from %s", len(added), peer)
+
+    def _admit_all(self, peer: str, ms: list[Manifest], data: bytes) -> list[Manifest]:
+        """The manifests of ``ms`` that ``data`` satisfies (size, compiles with their ABI
+        and export). Runs in the executor."""
+        ok = []
+        for m in ms:
+            try:
+                if m.size != len(data):
+                    raise BadRequest(f"the bytes are {len(data)} long; the manifest says "
+                                     f"{m.size}")
+                self.sandbox.admit(m, lambda: data)
+                ok.append(m)
+            except NebulaError as e:
+                self._call_soon(self._reject, "invalid_module", peer,
+                                f"{m.name} v{m.version}: {e.message}")
+        return ok
 
     def _holds(self, peer: str, mine: list[Manifest], covered: dict[str, list[Manifest]]
                ) -> None:
@@ -715,6 +829,12 @@ class MeshService:
         if request == wire.BYE:
             self._call_soon(self._trimmed.add, peer)
             return b"{}"
+        if b'"type":"blobs"' in request[:64 * 1024]:
+            shas = wire.decode_blobs_request(request)
+            return wire.encode_blobs_response(
+                {sha: self.store.read_blob(sha) for sha in shas
+                 if self.store.has_blob(sha) and self.store.blob_path(sha).stat().st_size
+                 <= wire.INLINE_MAX})
         if b'"type":"pull"' in request[:4096]:
             pull = wire.decode_pull_request(request)
             with self._index_lock:

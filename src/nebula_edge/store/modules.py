@@ -35,7 +35,7 @@ from pathlib import Path
 from nebula_edge import manifest as mf
 from nebula_edge.errors import BadRequest, CorruptBlob, StoreError
 from nebula_edge.manifest import Manifest, Tombstone
-from nebula_edge.store.fsutil import atomic_write, remove_stale_temps
+from nebula_edge.store.fsutil import atomic_write, remove_stale_temps, sync_filesystem
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +237,55 @@ class ModuleStore:
             self._gc_blobs()
         self._changed(m.name)
         return True
+
+    def put_many(self, items: list[tuple[bytes, list[Manifest]]]) -> list[Manifest]:
+        """Store many verified modules at once (a late joiner catching up): each item is
+        a blob's bytes and the manifests naming it. Returns the manifests taken.
+
+        One ``syncfs`` for the whole batch instead of four fsyncs per module (blob, its
+        directory, manifest, its directory): 500 small modules took 16.8 s one by one.
+        Crash safety holds as for single writes: each file is still renamed into place
+        complete; a blob torn by a crash before the sync fails its sha256 on read and is
+        quarantined and fetched again, and a manifest whose blob is missing is dropped
+        at start."""
+        taken: list[Manifest] = []
+        pinned: list[str] = []
+        dropped = False
+        try:
+            for data, ms in items:
+                sha = sha256_hex(data)
+                if any(m.sha256 != sha for m in ms):
+                    raise BadRequest(f"bytes hash to {sha}, not to their manifests' sha256")
+                self.pin(sha)
+                pinned.append(sha)
+                path = self.blob_path(sha)
+                if not path.exists() or self.is_corrupt(sha):
+                    try:
+                        atomic_write(path, data, 0o444, durable=False)
+                    except OSError as e:
+                        raise StoreError(f"cannot write blob {sha}: {e}") from e
+                    with self._lock:
+                        self._corrupt.discard(sha)
+            with self._lock:
+                for _, ms in items:
+                    for m in ms:
+                        vs = self._versions.get(m.name, [])
+                        if not mf.admits(vs, self._tombs.get(m.name), m, self.keep):
+                            continue
+                        d = self.manifest_dir / m.name
+                        d.mkdir(exist_ok=True)
+                        atomic_write(d / f"{m.file_id}.json", m.encode(), durable=False)
+                        self._versions[m.name] = sorted([*vs, m], key=lambda v: v.key)
+                        dropped = bool(self._prune(m.name)) or dropped
+                        taken.append(m)
+            sync_filesystem(self.root)
+        finally:
+            for sha in pinned:
+                self.unpin(sha)
+        if dropped:
+            self._gc_blobs()
+        self._changed(*dict.fromkeys(m.name for m in taken))
+        return taken
 
     def _prune(self, name: str) -> list[Manifest]:
         vs = self._versions.get(name, [])
