@@ -39,3 +39,23 @@ def test_put_many_refuses_bytes_that_do_not_match(tmp_path: Path) -> None:
     with pytest.raises(BadRequest):
         store.put_many([(blob(1), [manifest("x", blob(2), 1.0)])])
     assert store.names() == []
+
+
+def test_tombstones_are_collected_after_the_horizon(tmp_path: Path) -> None:
+    store = ModuleStore(tmp_path)
+    store.put_tombstone(Tombstone("old", 10.0, "p"))
+    store.put_tombstone(Tombstone("new", 100.0, "p"))
+    assert store.collect_tombstones(before=50.0) == ["old"]
+    assert [t.name for t in ModuleStore(tmp_path).tombstones()] == ["new"]
+
+
+def test_records_from_before_an_absence_are_set_aside(tmp_path: Path) -> None:
+    store = ModuleStore(tmp_path)
+    store.put_many([(blob(1), [manifest("stale", blob(1), 10.0)]),
+                    (blob(2), [manifest("fresh", blob(2), 200.0)])])
+    store.put_tombstone(Tombstone("gone", 20.0, "p"))
+    where = store.set_aside_records(before=100.0)
+    assert where is not None and len(list(where.iterdir())) == 2
+    again = ModuleStore(tmp_path)
+    assert again.names() == ["fresh"] and again.tombstones() == []
+    assert store.set_aside_records(before=100.0) is None

@@ -37,6 +37,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -64,6 +65,7 @@ from nebula_edge.net.mdns import DiscoveredPeer, MdnsService, interface_ips
 from nebula_edge.net.p2p import GossipMessage, P2PEvent, P2PHost, PeerConnected, PeerLost
 from nebula_edge.sandbox import Sandbox
 from nebula_edge.store import ModuleStore
+from nebula_edge.store.fsutil import atomic_write
 from nebula_edge.store.modules import sha256_hex
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,10 @@ CATCHUP_FETCHES = 2
 the Fetcher's 4 and a sync, under the 8 request streams a peer serves per peer at once."""
 CATCHUP_BATCH = 64
 """Modules stored per filesystem sync during a catch-up (500 modules: 8 syncs)."""
+SEEN_EVERY_S = 60.0
+"""How often an agent with peers notes (in ``<state>/mesh-seen``) that it is in the mesh,
+and collects tombstones older than the horizon: both only need to be right to within a
+minute against a horizon of days."""
 MAX_REFUSED = 10_000
 """Versions this agent refuses for good (over its size or limit maxima) that it still
 counts in its digest; past it the oldest are forgotten (they then cost one differing
@@ -130,6 +136,10 @@ class MeshService:
         self._infos: dict[str, asyncio.Task[None]] = {}
         self._trimmed: set[str] = set()
         """Peers whose connection this agent closed itself (over CONN_HIGH): not failures."""
+        self._seen_path = config.state_dir / "mesh-seen"
+        self._seen = _read_seen(self._seen_path)
+        """Wall time this agent last had a peer (None: never noted)."""
+        self._seen_noted = 0.0
         self.members: Members | None = None
         self._mlock = threading.Lock()
         """Guards ``members``: changed on the event loop, read by sync answers too."""
@@ -291,7 +301,35 @@ class MeshService:
             return
         self._merge_members([m])
 
+    def _back_after_horizon(self) -> None:
+        """An agent away from the mesh longer than the tombstone horizon holds modules
+        whose deletion everyone else has forgotten: it starts over from its peers rather
+        than bring them back (its records from before it left are set aside in
+        ``quarantine/``)."""
+        now = time.time()
+        if self._seen is not None and now - self._seen > self.config.tombstone_horizon_s:
+            # What it deployed alone since is its own news; what it held before is stale.
+            where = self.store.set_aside_records(self._seen)
+            if where is not None:
+                log.warning("mesh: away for %.1f days, longer than the tombstone horizon "
+                            "(%.1f days): this agent's modules were set aside in %s and "
+                            "are synced again from its peers", (now - self._seen) / 86400,
+                            self.config.tombstone_horizon_s / 86400, where)
+        self._note_seen(now)
+
+    def _note_seen(self, now: float) -> None:
+        self._seen = now
+        if now - self._seen_noted >= SEEN_EVERY_S:
+            self._seen_noted = now
+            with contextlib.suppress(OSError):
+                atomic_write(self._seen_path, f"{now:.0f}\n".encode(), durable=False)
+
+    def _expired(self, t: Tombstone) -> bool:
+        return t.deleted_at < time.time() - self.config.tombstone_horizon_s
+
     async def _peer_connected(self, ev: PeerConnected) -> None:
+        if not self._joined.is_set() or not self.table.connected_peers():
+            await asyncio.get_running_loop().run_in_executor(None, self._back_after_horizon)
         if not self._joined.is_set() and self.members is not None:
             self._call_later_member_news()
         self._joined.set()
@@ -364,6 +402,13 @@ class MeshService:
                     self._dial(addr)
             elif len(connected) > CONN_HIGH:
                 self._trim(connected)
+            if connected:
+                wall = time.time()
+                if wall - self._seen_noted >= SEEN_EVERY_S:
+                    self._note_seen(wall)
+                    await asyncio.get_running_loop().run_in_executor(
+                        None, self.store.collect_tombstones,
+                        wall - self.config.tombstone_horizon_s)
 
     def _trim(self, connected: set[str]) -> None:
         """Close connections down to ``CONN_HIGH`` (the newest first: long-held ones
@@ -435,7 +480,7 @@ class MeshService:
             self._reject("malformed", peer, e.message)
             return
         if isinstance(msg, wire.Delete):
-            if self._trusted(msg.tombstone, peer):
+            if not self._expired(msg.tombstone) and self._trusted(msg.tombstone, peer):
                 await self._apply_tombstone(msg.tombstone)
             return
         m = msg.manifest
@@ -705,7 +750,8 @@ class MeshService:
         """Apply a peer's records: newer tombstones, and fetches of wanted versions
         (newest first, so the current version is runnable soonest). Many at once (a late
         joiner) go the batch way: the task returned ends when they are stored."""
-        for t in await self._trusted_many(tombstones, peer):
+        live = [t for t in tombstones if not self._expired(t)]
+        for t in await self._trusted_many(live, peer):
             if self.store.tombstone(t.name) != t:
                 await self._apply_tombstone(t)
         wanted = [m for m in newest_first(await self._trusted_many(manifests, peer))
@@ -992,6 +1038,13 @@ def _peer_error(status: int, payload: Any, retry_after: str | None) -> NebulaErr
     e = NebulaError(message)
     e.code, e.status = str(err.get("code") or "peer_error"), status
     return e
+
+
+def _read_seen(path: Path) -> float | None:
+    try:
+        return float(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _ip_of(addrs: tuple[str, ...]) -> str | None:

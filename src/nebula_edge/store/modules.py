@@ -287,6 +287,48 @@ class ModuleStore:
         self._changed(*dict.fromkeys(m.name for m in taken))
         return taken
 
+    def collect_tombstones(self, before: float) -> list[str]:
+        """Forget tombstones of deletions made before ``before`` (the mesh's horizon):
+        every agent has had the horizon to learn them. Returns their names."""
+        with self._lock:
+            old = [t for t in self._tombs.values() if t.deleted_at < before]
+            for t in old:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.tomb_dir / f"{t.name}.json").unlink()
+                del self._tombs[t.name]
+        self._changed(*(t.name for t in old))
+        return [t.name for t in old]
+
+    def set_aside_records(self, before: float) -> Path | None:
+        """Move the manifests deployed and tombstones made at or before ``before`` to
+        ``quarantine/stale-<time>/`` (blobs no manifest names are then collected): for an
+        agent that was away from the mesh longer than its tombstone horizon, which must
+        resync those from scratch instead of bringing back modules deleted meanwhile.
+        Returns where they went (None if there were none)."""
+        with self._lock:
+            ms = [m for vs in self._versions.values() for m in vs if m.deployed_at <= before]
+            ts = [t for t in self._tombs.values() if t.deleted_at <= before]
+            if not ms and not ts:
+                return None
+            dest = self.quarantine_dir / f"stale-{time.time():.0f}"
+            dest.mkdir(parents=True, exist_ok=True)
+            for m in ms:
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(self.manifest_dir / m.name / f"{m.file_id}.json",
+                               dest / f"{m.name}.{m.file_id}.json")
+                rest = [v for v in self._versions[m.name] if v.key != m.key]
+                if rest:
+                    self._versions[m.name] = rest
+                else:
+                    del self._versions[m.name]
+            for t in ts:
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(self.tomb_dir / f"{t.name}.json", dest / f"{t.name}.tomb.json")
+                del self._tombs[t.name]
+        self._gc_blobs()
+        self._changed(*sorted({*(m.name for m in ms), *(t.name for t in ts)}))
+        return dest
+
     def _prune(self, name: str) -> list[Manifest]:
         vs = self._versions.get(name, [])
         dropped = vs[: max(0, len(vs) - self.keep)]
