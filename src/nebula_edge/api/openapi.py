@@ -84,7 +84,7 @@ OPENAPI: dict[str, Any] = {
             "responses": {"200": _json(_ref("ModuleResponse"), "Rolled back"), "400": ERR,
                           "401": ERR, "403": ERR, "404": ERR},
         }},
-        "/peers": {"get": {"summary": "Connected peers",
+        "/peers": {"get": {"summary": "Live members of the mesh (connected: a direct connection)",
                            "responses": {"200": _json({"type": "object"}, "Peers")}}},
         "/healthz": {"get": {"summary": "Liveness and a summary",
                              "responses": {"200": _json({"type": "object"}, "Healthy")}}},
