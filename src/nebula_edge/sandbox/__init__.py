@@ -158,15 +158,18 @@ class Sandbox:
             self.engines.evict(sha)
 
     def call(self, m: Manifest, read_bytes: Callable[[], bytes], arg: Any,
-             args: list[Any] | None) -> dict[str, Any]:
+             args: list[Any] | None, *, stderr: bytearray | None = None) -> dict[str, Any]:
         """Run one call; returns ``{"result": ...}`` (or ``{"output": ...}`` for non-JSON
-        WASI stdout). Raises the ``NebulaError`` that describes any failure."""
+        WASI stdout). Raises the ``NebulaError`` that describes any failure. ``stderr``:
+        a WASI call appends the stderr it captured (at most the output cap) to it, on
+        success and on every failure (trap, exit, timeout, output_too_large); an export
+        call leaves it alone (it has no stderr)."""
         c = self.load(m, read_bytes)
         limits = self._limits_cache.get(m.limits)
         if limits is None:
             limits = self._limits_cache[m.limits] = self.effective_limits(m.limits)
         if m.abi == "wasi":
-            return call_wasi(c, limits, arg if args is None else args, self.police)
+            return call_wasi(c, limits, arg if args is None else args, self.police, stderr)
         assert m.export is not None
         if args is None:
             nparams = len(c.params.get(m.export, ()))

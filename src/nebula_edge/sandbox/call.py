@@ -316,8 +316,11 @@ def _export_func(ctx: Any, inst: Any, name: bytes) -> Any:
     return item.of.func
 
 
-def call_wasi(c: Compiled, limits: Limits, arg: Any, police: OutputPolice) -> dict[str, Any]:
-    """Run ``_start`` with ``arg`` as JSON on stdin; stdout parsed as JSON into ``result``."""
+def call_wasi(c: Compiled, limits: Limits, arg: Any, police: OutputPolice,
+              stderr_sink: bytearray | None = None) -> dict[str, Any]:
+    """Run ``_start`` with ``arg`` as JSON on stdin; stdout parsed as JSON into ``result``.
+    With ``stderr_sink``, the call's stderr (at most the output cap) is appended to it
+    whatever the outcome: success, trap, exit, timeout or output_too_large."""
     cap = limits.max_output_bytes or MiB
     stdin = json.dumps(arg).encode()
     out_fd = os.memfd_create("nebula-stdout", os.MFD_CLOEXEC)
@@ -341,6 +344,8 @@ def call_wasi(c: Compiled, limits: Limits, arg: Any, police: OutputPolice) -> di
         out_over = police.release(out_fd)
         err_over = police.release(err_fd)
         stderr = _read(err_fd, cap)
+        if stderr_sink is not None:
+            stderr_sink += stderr
         tail = stderr[-STDERR_TAIL:].decode("utf-8", "replace")
         if out_over or err_over:
             which = "stdout" if out_over else "stderr"
