@@ -305,7 +305,7 @@ class MeshService:
                 await self._apply_tombstone(msg.tombstone)
             return
         m = msg.manifest
-        if not self._trusted(m, peer):
+        if not self._trusted(m, peer) or self._held_back(m):
             return
         self._names.setdefault(peer, set()).add(m.name)
         self.table.add_holding(peer, m.sha256)
@@ -514,12 +514,13 @@ class MeshService:
             return
         self.table.set_holdings(peer, {m.sha256 for m in resp.manifests})
         # Forward calls only where the peer's current version is one this agent would
-        # accept itself.
+        # accept itself (trusted, and not held back as dated in the future).
         newest: dict[str, Manifest] = {}
         for m in resp.manifests:
             if m.name not in newest or m.key > newest[m.name].key:
                 newest[m.name] = m
-        self._names[peer] = {n for n, m in newest.items() if self._trusted(m, peer)}
+        self._names[peer] = {n for n, m in newest.items()
+                             if self._trusted(m, peer) and not self._held_back(m)}
         for t in resp.tombstones:
             if self.store.tombstone(t.name) != t and self._trusted(t, peer):
                 await self._apply_tombstone(t)
