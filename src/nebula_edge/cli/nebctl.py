@@ -259,15 +259,16 @@ def run(argv: list[str] | None = None) -> int:
             else "no peers"
     elif a.info:
         out, _ = c.call("GET", f"/modules/{urllib.parse.quote(a.info, safe='')}")
-        rows = [[f"v{m['version']}", m["sha256"][:12], str(m["size"]), ago(m["deployed_at"]),
-                 m["publisher"], f"v{m['rollback_of']}" if m.get("rollback_of") else ""]
+        rows = [[f"v{m['version']}", m["sha256"][:12], m.get("id", "-"), str(m["size"]),
+                 ago(m["deployed_at"]), m["publisher"],
+                 f"v{m['rollback_of']}" if m.get("rollback_of") else ""]
                 for m in out["versions"]]
         cur = out["current"]
         text = (f"{out['name']}: current v{cur['version']}, abi {cur['abi']}"
                 + (f", export {cur['export']} {out.get('signature') or ''}"
                    if cur.get("export") else "")
                 + f"\nlimits: {json.dumps(cur['limits'])}\n"
-                + table(rows, ["VERSION", "SHA256", "SIZE", "DEPLOYED", "PUBLISHER",
+                + table(rows, ["VERSION", "SHA256", "ID", "SIZE", "DEPLOYED", "PUBLISHER",
                                "ROLLBACK OF"]))
     elif a.delete:
         signer = Signer(a.key, a.unsigned)
@@ -284,6 +285,7 @@ def run(argv: list[str] | None = None) -> int:
                 raise CliError(f"{a.rollback} has no previous version to roll back to")
             prev = info["versions"][1]
             sign_headers = signer.headers({"op": "rollback", "name": a.rollback,
+                                           "restores": prev["id"],
                                            "sha256": prev["sha256"], "abi": prev["abi"],
                                            "export": prev["export"], "limits": prev["limits"]})
         out, _ = c.call("POST", f"/modules/{quoted}/rollback", headers=sign_headers)
