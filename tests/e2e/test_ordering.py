@@ -9,6 +9,7 @@ must work as if it were not there.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from agents import (
 )
 from nebula_edge import keys
 from nebula_edge.config import Limits
-from nebula_edge.manifest import Manifest
+from nebula_edge.manifest import Manifest, canonical
 from nebula_edge.store import ModuleStore
 
 DOUBLE = SAMPLES / "double" / "double.wasm"
@@ -35,17 +36,24 @@ CONVERGE_S = 15.0
 DAY_S = 86_400.0
 
 
-def future_manifest(key: Path, name: str, wasm: bytes, export: str) -> Manifest:
-    """A deploy of ``wasm`` as ``name`` signed by ``key``, dated a day from now."""
+def future_manifest(key: Path, name: str, wasm: bytes, export: str,
+                    ahead: float = DAY_S) -> Manifest:
+    """A deploy of ``wasm`` as ``name`` signed by ``key``, dated ``ahead`` s from now."""
     priv = keys.load_private(key)
     pub = keys.public_key_str(priv)
     sha = hashlib.sha256(wasm).hexdigest()
-    at = time.time() + DAY_S
+    at = time.time() + ahead
     order = {"op": "deploy", "name": name, "sha256": sha, "size": len(wasm), "abi": None,
              "export": export, "limits": {}, "at": at, "key": pub}
     return Manifest(name=name, version=9, sha256=sha, size=len(wasm), abi="export",
                     export=export, limits=Limits(), deployed_at=at, publisher=pub,
                     signature=keys.sign(priv, order), order=order)
+
+
+def signed_headers(m: Manifest) -> dict[str, str]:
+    assert m.order is not None and m.signature is not None
+    return {"X-Nebula-Order": base64.b64encode(canonical(m.order)).decode(),
+            "X-Nebula-Signature": m.signature}
 
 
 def current(agent: Agent, name: str) -> dict[str, object] | None:
@@ -131,9 +139,6 @@ def test_the_api_refuses_an_order_dated_more_than_a_minute_ahead(
     pub = keys.public_key_str(priv)
     a = agent_factory("-trust", pub)
     wasm = DOUBLE.read_bytes()
-    import base64
-
-    from nebula_edge.manifest import canonical
     for ahead, status_wanted in ((DAY_S, 403), (120, 403), (10, 201)):
         order = {"op": "deploy", "name": "fn", "sha256": hashlib.sha256(wasm).hexdigest(),
                  "size": len(wasm), "abi": None, "export": None, "limits": {},
@@ -145,3 +150,27 @@ def test_the_api_refuses_an_order_dated_more_than_a_minute_ahead(
         assert status == status_wanted, raw
         if status == 403:
             assert b"ahead of this agent's clock" in raw, raw
+
+
+def test_a_deploy_dated_within_the_skew_does_not_block_the_next_one(
+        agent_factory: AgentPool, tmp_path: Path) -> None:
+    """A publisher 30 s ahead (within the minute) deploys; one with a correct clock
+    deploys right after. nebctl signs a hybrid-clock time (just after the current
+    version), so the second deploy is taken at once instead of refused for 30 s."""
+    key = tmp_path / "publisher.key"
+    run_nebctl("keygen", "-key", str(key), check=True)
+    pub = key.with_suffix(".pub").read_text().strip()
+    a = agent_factory(*FAST, "-trust", pub, mesh=True)
+    b = agent_factory(*FAST, "-trust", pub, "-peer", p2p_addr(a), mesh=True)
+    wait_for(lambda: connected(a, b), CONVERGE_S, msg="A and B connected")
+    calc = CALC.read_bytes()
+    ahead = future_manifest(key, "fn", calc, "add", ahead=30)
+    status, raw, _ = a.request("PUT", "/modules/fn?export=add", calc, {
+        **signed_headers(ahead), "Content-Type": "application/wasm"})
+    assert status == 201, raw
+    a.nebctl("-wasm", str(DOUBLE), "-name", "fn", "-key", str(key), check=True)
+    for agent in (a, b):
+        wait_for(lambda agent=agent: agent.exec("fn", 21)[:2] == (200, {"result": 42}),
+                 CONVERGE_S, msg=f"the later deploy to be current on {agent}")
+        cur = current(agent, "fn")
+        assert cur is not None and cur["deployed_at"] > ahead.deployed_at  # type: ignore[operator]

@@ -4,6 +4,8 @@ version per name that decides whether an agent may answer with what it holds."""
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ from nebula_edge.errors import VersionUnavailable
 from nebula_edge.manifest import Manifest, Tombstone
 from nebula_edge.mesh import versions
 from nebula_edge.mesh.versions import HeldBack, VersionBook
+from nebula_edge.store import ModuleStore
 
 NOW = 1_800_000_000.0
 
@@ -173,3 +176,28 @@ def test_agents_with_skewed_clocks_converge_and_nobody_runs_an_old_version(seed:
     a_best = mf.current(adopted["a"], None)
     b_book_best = max((m for m in made if m.publisher != "c"), key=lambda m: m.key)
     assert a_best == b_book_best
+
+
+# ------------------------------------------------------------------------------ max_modules
+def test_names_from_peers_count_against_max_modules(tmp_path: Path) -> None:
+    """The store takes versions of at most ``max_names`` names, whoever offers them (the
+    API refuses with 413 before; a peer's are refused here, and counted by the mesh)."""
+    store = ModuleStore(tmp_path, max_names=2)
+    held = []
+    for i, name in enumerate(("a", "b", "c")):
+        data = b"\0asm\1\0\0\0" + bytes([i])
+        sha = store.put_blob(data)
+        m = make(name=name, sha=sha, size=len(data), at=NOW + i)
+        assert store.wants(m) is (i < 2) and store.has_room(name) is (i < 2)
+        assert store.put_manifest(m) is (i < 2)
+        store.unpin(sha)
+        held.append(m)
+    assert store.names() == ["a", "b"]
+    # A name already held still takes new versions; a deleted one frees its place.
+    v2 = dataclasses.replace(held[0], version=2, deployed_at=NOW + 10)
+    assert store.wants(v2) and store.put_manifest(v2)
+    store.put_tombstone(Tombstone("b", NOW + 20, "p"))
+    assert store.has_room("c")
+    store.put_blob(b"\0asm\1\0\0\0" + bytes([2]))  # its refused bytes were not kept
+    assert store.put_manifest(held[2])
+    assert store.names() == ["a", "c"]
