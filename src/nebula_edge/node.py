@@ -77,10 +77,11 @@ class Node:
                                  max_names=config.max_modules,
                                  on_quarantine=lambda sha: self.metrics.quarantined_total.inc(),
                                  on_gc=self._forget_compiled)
+        self.workers = Workers(config.workers, spare=config.wait_workers)
         self.sandbox = Sandbox(
             self.store.cache_dir, config.default_limits, config.max_limits,
-            on_cache=lambda outcome: self.metrics.compile_cache_total.labels(outcome).inc())
-        self.workers = Workers(config.workers)
+            on_cache=lambda outcome: self.metrics.compile_cache_total.labels(outcome).inc(),
+            table_elements=config.table_elements, lend=self.workers.lend)
         self._admitted = 0
         self.metrics.exec_in_flight.set_function(lambda: self._admitted)
         self.node_id = f"{socket.gethostname()}:{config.port}"
