@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nebula_edge import __version__, keys
+from nebula_edge.calllog import FOLLOWERS_MAX, LOG_ENTRIES, LOG_MODULES, CallLog
 from nebula_edge.config import EdgeConfig, Limits
 from nebula_edge.errors import (
     BadRequest,
@@ -30,6 +31,7 @@ from nebula_edge.errors import (
     PayloadTooLarge,
     StoreError,
 )
+from nebula_edge.events import EventLog
 from nebula_edge.manifest import Manifest, Tombstone, check_name, parse_limits
 from nebula_edge.mesh import versions
 from nebula_edge.metrics import MeshFigures, Metrics, watch_mesh
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from nebula_edge.net.service import MeshService
 
 log = logging.getLogger(__name__)
+
 OPEN_WARNING = ("running open: any client or peer may deploy, delete and roll back modules; "
                 "start agents with -trust to accept only signed changes (docs/security.md)")
 
@@ -85,13 +88,70 @@ class Node:
         self._admitted = 0
         self.metrics.exec_in_flight.set_function(lambda: self._admitted)
         self.node_id = f"{socket.gethostname()}:{config.port}"
+        self.events = EventLog()
+        self.calllog = CallLog(lambda: self.node_id, on_drop=lambda reason, n:
+                               self.metrics.call_log_dropped_total.labels(reason).inc(n))
+        self._watch_logs()
+        self._seen = {n: m.version for n in self.store.names()
+                      if (m := self.store.current(n)) is not None}
+        """name -> current version as last seen here: a change not made through this agent
+        came from the mesh (see ``observe_store``)."""
+        self._changing = 0
+        """Local changes under way: their store writes are not the mesh's."""
         self.mesh: MeshService | None = None
         if mesh:
             from nebula_edge.net.service import MeshService
 
             self.mesh = MeshService(config, self.store, self.sandbox, self.metrics)
+            self.mesh.on_change = self._mesh_changed
             watch_mesh(self.metrics, self.mesh_figures)
         self.metrics.modules.set(len(self.store.names()))
+
+    def _watch_logs(self) -> None:
+        m = self.metrics
+        m.call_log_entries.set_function(self.calllog.entries_held)
+        m.call_log_entries_limit.set(LOG_ENTRIES * LOG_MODULES)
+        m.events.set_function(lambda: len(self.events))
+        m.streams.labels("logs").set_function(self.calllog.followers)
+        m.streams_limit.labels("logs").set(FOLLOWERS_MAX)
+
+    def _mesh_changed(self, kind: str, fields: dict[str, Any]) -> None:
+        """The mesh's hook (net/service.py): a peer joined or left, or versions were
+        stored from a peer."""
+        if kind in ("peer_joined", "peer_left"):
+            self.events.record(kind, agent=fields.get("peer"))
+        else:
+            self.observe_store(via=fields.get("peer"))
+
+    def observe_store(self, via: str | None = None) -> None:
+        """Record as events the changes that reached the store from the mesh (deploys,
+        rollbacks, deletes made on other agents) since the last look."""
+        if self._changing:
+            return  # a local change is half done; the next look sees the mesh's changes
+        now: dict[str, int] = {}
+        for name in self.store.names():
+            m = self.store.current(name)
+            if m is None:
+                continue
+            now[name] = m.version
+            if self._seen.get(name) != m.version:
+                kind = "rollback" if m.rollback_of is not None else "deploy"
+                self.events.record(kind, module=name, version=m.version, sha256=m.sha256,
+                                   agent=m.publisher, via="mesh", **({"from": via} if via
+                                                                    else {}))
+        for name in self._seen.keys() - now.keys():
+            self.events.record("delete", module=name, via="mesh")
+        self._seen = now
+
+    def _local_change(self, kind: str, name: str, m: Manifest | None) -> None:
+        if m is None:
+            self._seen.pop(name, None)
+            self.events.record(kind, module=name, agent=self.node_id)
+        else:
+            self._seen[name] = m.version
+            self.events.record(kind, module=name, version=m.version, sha256=m.sha256,
+                               agent=self.node_id, **({"rollback_of": m.rollback_of}
+                                                      if m.rollback_of else {}))
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -144,12 +204,17 @@ class Node:
             raise PayloadTooLarge(f"module is {len(wasm)} bytes; this agent accepts at most "
                                   f"{self.config.max_module_size}")
         loop = asyncio.get_running_loop()
-        m = await loop.run_in_executor(None, self._deploy_sync, name, wasm, abi, export,
-                                       limits or Limits(), signed)
+        self._changing += 1
+        try:
+            m = await loop.run_in_executor(None, self._deploy_sync, name, wasm, abi, export,
+                                           limits or Limits(), signed)
+        finally:
+            self._changing -= 1
         self.metrics.deploys_total.labels("api").inc()
         self.metrics.modules.set(len(self.store.names()))
         log.info("deployed %s v%d (%s, %d bytes, abi %s)", m.name, m.version, m.sha256[:12],
                  m.size, m.abi)
+        self._local_change("deploy", m.name, m)
         if self.mesh is not None:
             self.mesh.announce(m)
         return m
@@ -231,9 +296,14 @@ class Node:
         t = Tombstone(name, at, publisher, signed.signature if signed else None,
                       signed.order if signed else None)
         self._check(t)
-        await asyncio.get_running_loop().run_in_executor(None, self.store.put_tombstone, t)
+        self._changing += 1
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.store.put_tombstone, t)
+        finally:
+            self._changing -= 1
         self.metrics.modules.set(len(self.store.names()))
         log.info("deleted %s", name)
+        self._local_change("delete", name, None)
         if self.mesh is not None:
             self.mesh.announce(t)
         return t
@@ -267,9 +337,14 @@ class Node:
         m = self._new_manifest(name, prev.sha256, prev.size, prev.abi, prev.export, limits,
                                rollback_of=prev.version, signed=signed, restores=prev.id)
         self._check(m)
-        await asyncio.get_running_loop().run_in_executor(None, self.store.put_manifest, m)
+        self._changing += 1
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.store.put_manifest, m)
+        finally:
+            self._changing -= 1
         log.info("rolled %s back to v%d (%s) (now v%d, %s)", name, prev.version, prev.id,
                  m.version, m.id)
+        self._local_change("rollback", name, m)
         if self.mesh is not None:
             self.mesh.announce(m)
         return m
@@ -313,9 +388,10 @@ class Node:
         self._admit()
         t0 = time.perf_counter()
         outcome = "ok"
+        stderr = bytearray()
         try:
             body = await self.workers.submit(
-                self.sandbox.call, m, lambda: self.store.read_blob(m.sha256), arg, args)
+                self._call, m, lambda: self.store.read_blob(m.sha256), arg, args, stderr)
         except NebulaError as e:
             outcome = e.code
             if isinstance(e, CorruptBlob):
@@ -323,9 +399,16 @@ class Node:
             raise
         finally:
             self._admitted -= 1
+            took = time.perf_counter() - t0
             self.metrics.exec_total.labels(name, outcome).inc()
-            self.metrics.exec_duration.labels(name).observe(time.perf_counter() - t0)
+            self.metrics.exec_duration.labels(name).observe(took)
+            self.calllog.record(name, m.version, took, outcome, stderr)
         return ExecOutcome(body, self.node_id)
+
+    def _call(self, m: Manifest, read_bytes: Any, arg: Any, args: list[Any] | None,
+              stderr: bytearray) -> dict[str, Any]:
+        """On a worker thread: one call, its WASI stderr appended to ``stderr``."""
+        return self.sandbox.call(m, read_bytes, arg, args, stderr=stderr)
 
     # ------------------------------------------------------------------ views
     def module_view(self, m: Manifest) -> dict[str, Any]:
@@ -339,6 +422,8 @@ class Node:
             d["limits"] = m.limits.to_json()
         if self.mesh is not None:
             d["peers"] = self.mesh.holders(m)
+            here = [] if self.store.is_corrupt(m.sha256) else [self.node_id]
+            d["holders"] = here + self.mesh.table.holders(m.sha256)
         return d
 
     def mesh_figures(self) -> MeshFigures | None:
