@@ -126,6 +126,10 @@ OPENAPI: dict[str, Any] = {
             "limits": _ref("Limits"), "deployed_at": {"type": "number"},
             "publisher": {"type": "string"}, "peers": {"type": "integer"},
             "rollback_of": {"type": "integer", "nullable": True},
+            "id": {"type": "string", "description": "manifest id: names this version "
+                   "unambiguously across agents (version numbers are per-agent labels)"},
+            "restores": {"type": "string", "nullable": True,
+                         "description": "a rollback's restored version, by manifest id"},
             "signature": {"type": "string", "nullable": True},
             "order": {"type": "object", "nullable": True}}},
         "ModuleResponse": {"type": "object", "properties": {"module": _ref("Module")}},

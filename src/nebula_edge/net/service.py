@@ -53,7 +53,7 @@ from nebula_edge.errors import (
     PeerUnavailable,
 )
 from nebula_edge.manifest import Manifest, Tombstone
-from nebula_edge.mesh import wire
+from nebula_edge.mesh import versions, wire
 from nebula_edge.mesh.index import DigestIndex
 from nebula_edge.mesh.members import CONN_HIGH, CONN_LOW, Members
 from nebula_edge.mesh.rounds import CALL_ROUND_GAP_S, Rounds
@@ -106,6 +106,7 @@ class MeshService:
         self.sandbox = sandbox
         self.metrics = metrics
         self.table = PeerTable()
+        self.on_change: Callable[[str, dict[str, Any]], None] | None = None  # dashboard events
         self._names: dict[str, set[str]] = {}
         """peer id -> module names it holds (from its sync answers and announcements)."""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -121,13 +122,19 @@ class MeshService:
         self._verified: OrderedDict[str, bool] = OrderedDict()
         """record id -> whether its signature checked out (bounded: MAX_VERIFIED)."""
         self._verified_lock = threading.Lock()
-        self._refused: OrderedDict[str, Manifest] = OrderedDict()
+        self._too_big: set[str] = set()
+        """Ids of versions refused here, counted once in ``peer_refused_total``."""
+        self._declined: OrderedDict[str, Manifest] = OrderedDict()
         """manifest id -> a version this agent will never take (too big, limits over its
         maxima): counted in the digest so peers do not offer it every round."""
         self.index = DigestIndex()
         self._index_lock = threading.Lock()
-        """Guards ``index`` and ``_refused``: store writes update it on any thread."""
+        """Guards ``index`` and ``_declined``: store writes update it on any thread."""
         self.rounds = Rounds(config.sync_interval_s)
+        self.versions = versions.VersionBook()
+        """The mesh's best version per name, refused ones included (the exec decision)."""
+        self._held = versions.HeldBack()
+        metrics.version_book_names.set_function(lambda: len(self.versions))
         self._syncing: dict[str, asyncio.Task[None]] = {}
         self._round_now: dict[str, asyncio.Future[None]] = {}
         """peer id -> done when the sync round running with it ends."""
@@ -250,6 +257,7 @@ class MeshService:
                     if self.table.lost(ev.peer_id):
                         self._forget(ev.peer_id)
                         log.info("peer lost: %s", ev.peer_id)
+                        self.on_change and self.on_change("peer_left", {"peer": ev.peer_id})
                     self.metrics.peers.set(len(self.table.connected_peers()))
                 elif isinstance(ev, GossipMessage) and ev.topic == wire.MEMBERS_TOPIC:
                     self._member_news(ev.from_peer, ev.data)
@@ -335,6 +343,7 @@ class MeshService:
         self._joined.set()
         if self.table.connected(ev.peer_id, ev.addrs, time.time()):
             log.info("peer joined: %s (%s)", ev.peer_id, ", ".join(ev.addrs[:2]))
+            self.on_change and self.on_change("peer_joined", {"peer": ev.peer_id})
         if self.members is not None:
             with self._mlock:
                 self.members.connected(ev.peer_id, ev.addrs, time.monotonic())
@@ -484,7 +493,7 @@ class MeshService:
                 await self._apply_tombstone(msg.tombstone)
             return
         m = msg.manifest
-        if not self._trusted(m, peer):
+        if not self._trusted(m, peer) or self._held_back(m):
             return
         self._names.setdefault(peer, set()).add(m.name)
         self.table.add_holding(peer, m.sha256)
@@ -513,31 +522,63 @@ class MeshService:
         rec = msg.tombstone if isinstance(msg, wire.Delete) else msg.manifest
         return self._verify(rec, "gossip")
 
+    def _held_back(self, rec: Manifest | Tombstone) -> bool:
+        """Whether a peer's record is dated too far in the future to adopt now (counted
+        and logged once; sync offers it again and it is judged again then)."""
+        if not versions.too_far_ahead(versions.record_time(rec), time.time()):
+            return False
+        if self._held.first_time(rec.id):
+            kind = "tombstone" if isinstance(rec, Tombstone) else "manifest"
+            self.metrics.held_back_total.labels(kind).inc()
+            log.warning("holding back a %s of %s dated %.0f s ahead of this agent's clock "
+                        "(limit %.0f s)", kind, rec.name,
+                        versions.record_time(rec) - time.time(), versions.MAX_FUTURE_S)
+        return True
+
+    def _refused(self, m: Manifest, reason: str) -> None:
+        self.versions.note(m, refused=reason)
+        if m.id not in self._too_big:
+            self._too_big.add(m.id)
+            self.metrics.peer_refused_total.labels(reason).inc()
+
+    def outdated(self, name: str, held: Manifest) -> Manifest | None:
+        """The mesh's winning version of ``name`` if it is newer than ``held``."""
+        return self.versions.newer_than(held, self.store.tombstone(name))
+
     def _wanted(self, m: Manifest) -> bool:
         """The store would take it, and it is within this agent's own module size limit
-        (a bigger one stays on the peers that hold it: calls to it are forwarded)."""
-        why = None
+        (a bigger one stays on the peers that hold it: calls to it are forwarded).
+        Every version a peer offers is noted in ``versions``, refused ones too."""
+        if self._held_back(m):
+            return False
+        if not self.store.has_room(m.name):
+            self._refused(m, "max_modules")  # not for good: room may come back
+            return False
+        self.versions.note(m)
+        why = reason = None
         if m.size > self.config.max_module_size:
-            why = (f"{m.size} bytes is over -max-module-size {self.config.max_module_size}")
+            why = f"{m.size} bytes is over -max-module-size {self.config.max_module_size}"
+            reason = "too_big"
         else:
             try:
                 self.sandbox.effective_limits(m.limits)
             except NebulaError:
-                why = "its limits exceed this agent's maxima"
-        if why is not None:
-            self._refuse(m, why)
+                why, reason = "its limits exceed this agent's maxima", "over_limits"
+        if why is not None and reason is not None:
+            self._refused(m, reason)
+            self._decline(m, why)
             return False
         return self.store.wants(m)
 
-    def _refuse(self, m: Manifest, why: str) -> None:
+    def _decline(self, m: Manifest, why: str) -> None:
         """Count ``m`` as held in the digest, for good: this agent will never take it, and
         its peers need not offer it again every round."""
         with self._index_lock:
-            if m.id in self._refused:
+            if m.id in self._declined:
                 return
-            self._refused[m.id] = m
-            while len(self._refused) > MAX_REFUSED:
-                self._refused.popitem(last=False)
+            self._declined[m.id] = m
+            while len(self._declined) > MAX_REFUSED:
+                self._declined.popitem(last=False)
         log.info("not fetching %s v%d: %s; calls are forwarded", m.name, m.version, why)
         self._store_changed(m.name)
 
@@ -576,6 +617,8 @@ class MeshService:
             None, lambda: [r for r in recs if self._verify(r, peer)])
 
     async def _apply_tombstone(self, t: Tombstone) -> None:
+        if self._held_back(t):
+            return
         loop = asyncio.get_running_loop()
         if await loop.run_in_executor(None, self.store.put_tombstone, t):
             log.info("module deleted by the mesh: %s", t.name)
@@ -591,14 +634,14 @@ class MeshService:
         versions = self.store.versions(name)
         tomb = self.store.tombstone(name)
         with self._index_lock:
-            refused = [m for m in self._refused.values() if m.name == name] \
-                if self._refused else []
+            refused = [m for m in self._declined.values() if m.name == name] \
+                if self._declined else []
             self.index.update(name, [*versions, *refused], tomb, self.store.keep)
 
     def _holdings(self) -> list[Manifest]:
         """What this agent counts as held: stored versions and refused ones."""
         with self._index_lock:
-            refused = list(self._refused.values())
+            refused = list(self._declined.values())
         return [*self.store.all_manifests(), *refused]
 
     # ------------------------------------------------------------------ sync
@@ -718,7 +761,10 @@ class MeshService:
         if not whole:
             return
         trusted = set(map(id, await self._trusted_many(session.manifests(), peer)))
-        covered = {n: [m for m in ms if id(m) in trusted] for n, ms in session.covered.items()}
+        # Forward calls only where the peer's version is one this agent would accept
+        # itself (trusted, and not held back as dated in the future).
+        covered = {n: [m for m in ms if id(m) in trusted and not self._held_back(m)]
+                   for n, ms in session.covered.items()}
         self._holds(peer, self._holdings(), covered)
 
     async def _pull_pieces(self, peer: str, session: PullSession,
@@ -831,6 +877,7 @@ class MeshService:
             self.metrics.deploys_total.labels("peer").inc(len(added))
             self.metrics.modules.set(len(self.store.names()))
             log.info("caught up %d module version(s) from %s", len(added), peer)
+            self.on_change and self.on_change("stored", {"peer": peer})
 
     def _admit_all(self, peer: str, ms: list[Manifest], data: bytes) -> list[Manifest]:
         """The manifests of ``ms`` that ``data`` satisfies (size, compiles with their ABI
@@ -861,6 +908,7 @@ class MeshService:
         """Versions announced by ``peer`` are stored here: sync with it at once, so that
         it learns this agent holds them now (its ``GET /modules`` counts holders), not a
         sync interval later."""
+        self.on_change and self.on_change("stored", {"peer": peer})
         if self.table.is_connected(peer):
             self._sync(peer)
 
@@ -945,11 +993,16 @@ class MeshService:
                 return self.store.current(name)
             await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
 
-    async def forward(self, name: str, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
-        """Run the call on a peer that holds ``name``; one hop at most."""
+    async def forward(self, name: str, body: dict[str, Any],
+                      want: Manifest | None = None) -> tuple[dict[str, Any], str]:
+        """Run the call on a peer that holds ``name`` (with ``want``: one that holds that
+        version's bytes); one hop at most."""
         assert self._http is not None
         holding = [r.peer_id for r in self.table.connected_peers()
-                   if name in self._names.get(r.peer_id, set())]
+                   if name in self._names.get(r.peer_id, set())
+                   and (want is None or want.sha256 in r.holds)]
+        if want is not None and not holding:
+            raise versions.unavailable(want, self.versions.refused(want))
         unknown = [self._info(p) for p in holding if not self._http_url(p)]
         if unknown:  # a peer that has just joined: its HTTP URL is a moment away
             await asyncio.wait(unknown, timeout=self.config.fetch_wait_s)
@@ -969,7 +1022,7 @@ class MeshService:
                     allow_redirects=False,
                 ) as r:
                     payload = await r.json(content_type=None)
-                    if r.status == 404:
+                    if r.status == 404 or _code(payload) == versions.UNAVAILABLE:
                         continue
                     if r.status >= 400:
                         raise _peer_error(r.status, payload, r.headers.get("Retry-After"))
@@ -981,6 +1034,8 @@ class MeshService:
                 log.info("forward of %s to %s failed: %s", name, peer, e)
         if last is not None:
             raise PeerUnavailable(f"peers holding {name!r} could not be reached: {last}")
+        if want is not None:
+            raise versions.unavailable(want, self.versions.refused(want))
         raise ModuleNotFound(f"no module named {name!r} on this agent or its peers")
 
     # ------------------------------------------------------------------ views
@@ -1022,6 +1077,11 @@ class MeshService:
                     "connected": False,
                 })
         return sorted(out, key=lambda d: d["peer_id"])
+
+
+def _code(payload: Any) -> str | None:
+    err = payload.get("error") if isinstance(payload, dict) else None
+    return str(err.get("code")) if isinstance(err, dict) else None
 
 
 def _peer_error(status: int, payload: Any, retry_after: str | None) -> NebulaError:
