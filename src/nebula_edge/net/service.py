@@ -124,6 +124,8 @@ class MeshService:
         self._verified_lock = threading.Lock()
         self._too_big: set[str] = set()
         """Ids of versions refused here, counted once in ``peer_refused_total``."""
+        self._dropped = {"trimmed": 0, "declined": 0, "verified": 0}
+        """Entries evicted at each bound (``bounds()``)."""
         self._declined: OrderedDict[str, Manifest] = OrderedDict()
         """manifest id -> a version this agent will never take (too big, limits over its
         maxima): counted in the digest so peers do not offer it every round."""
@@ -426,6 +428,7 @@ class MeshService:
                       key=lambda r: r.connected_since or 0.0, reverse=True)
         for rec in recs[: len(recs) - CONN_HIGH]:
             self._trimmed.add(rec.peer_id)
+            self._dropped["trimmed"] += 1
             self._spawn(self._bye(rec.peer_id))
 
     async def _bye(self, peer: str) -> None:
@@ -579,6 +582,7 @@ class MeshService:
             self._declined[m.id] = m
             while len(self._declined) > MAX_REFUSED:
                 self._declined.popitem(last=False)
+                self._dropped["declined"] += 1
         log.info("not fetching %s v%d: %s; calls are forwarded", m.name, m.version, why)
         self._store_changed(m.name)
 
@@ -603,6 +607,7 @@ class MeshService:
             self._verified[rid] = ok
             while len(self._verified) > MAX_VERIFIED:
                 self._verified.popitem(last=False)
+                self._dropped["verified"] += 1
         return ok
 
     def _trusted(self, rec: Manifest | Tombstone, peer: str) -> bool:
@@ -1039,6 +1044,22 @@ class MeshService:
         raise ModuleNotFound(f"no module named {name!r} on this agent or its peers")
 
     # ------------------------------------------------------------------ views
+    def bounds(self) -> list[tuple[str, int, int, int]]:
+        """(name, size, limit, dropped) of the mesh's bounded tables, for ``/metrics``
+        (``nebula_edge_bound_size{bound=...}``). Thread-safe snapshots."""
+        members = self.members
+        with self._mlock:
+            known = len(members) if members is not None else 0
+        return [
+            ("mesh_connections", len(self.table.connected_peers()), CONN_HIGH,
+             self._dropped["trimmed"]),
+            ("mesh_members", known, wire.MAX_MEMBERS, 0),
+            ("mesh_declined_versions", len(self._declined), MAX_REFUSED,
+             self._dropped["declined"]),
+            ("mesh_signature_cache", len(self._verified), MAX_VERIFIED,
+             self._dropped["verified"]),
+        ]
+
     def holders(self, m: Manifest) -> int:
         """Agents (this one included) known to hold this version's bytes."""
         return 1 + len(self.table.holders(m.sha256))
