@@ -325,21 +325,36 @@ class MeshService:
                             "(%.1f days): this agent's modules were set aside in %s and "
                             "are synced again from its peers", (now - self._seen) / 86400,
                             self.config.tombstone_horizon_s / 86400, where)
-        self._note_seen(now)
+        self._seen = self._seen_noted = now  # runs in the executor: write here
+        self._write_seen(now)
 
     def _note_seen(self, now: float) -> None:
+        """Note that this agent is in the mesh (the file is written off the loop when
+        there is one, at most once per ``SEEN_EVERY_S``)."""
         self._seen = now
         if now - self._seen_noted >= SEEN_EVERY_S:
             self._seen_noted = now
-            with contextlib.suppress(OSError):
-                atomic_write(self._seen_path, f"{now:.0f}\n".encode(), durable=False)
+            loop = self._loop
+            if loop is not None and loop.is_running():
+                loop.run_in_executor(None, self._write_seen, now)
+            else:
+                self._write_seen(now)
+
+    def _write_seen(self, now: float) -> None:
+        with contextlib.suppress(OSError):
+            atomic_write(self._seen_path, f"{now:.0f}\n".encode(), durable=False)
 
     def _expired(self, t: Tombstone) -> bool:
         return t.deleted_at < time.time() - self.config.tombstone_horizon_s
 
     async def _peer_connected(self, ev: PeerConnected) -> None:
         if not self._joined.is_set() or not self.table.connected_peers():
-            await asyncio.get_running_loop().run_in_executor(None, self._back_after_horizon)
+            seen = self._seen
+            if seen is not None and time.time() - seen > self.config.tombstone_horizon_s:
+                await asyncio.get_running_loop().run_in_executor(None,
+                                                                 self._back_after_horizon)
+            else:
+                self._note_seen(time.time())
         if not self._joined.is_set() and self.members is not None:
             self._call_later_member_news()
         self._joined.set()
