@@ -222,3 +222,13 @@ def test_members_spread_refute_and_collect() -> None:
 
 def test_bucket_count_matches_the_wire() -> None:
     assert len(DigestIndex().buckets()) == BUCKETS
+
+
+def test_sync_kind_finds_the_type_of_a_large_pull_request() -> None:
+    hashes = {f"module-{i:05d}": f"{i:016x}" for i in range(5000)}
+    pull = wire.encode_pull_request(wire.PullRequest(tuple(range(32)), hashes, ""))
+    assert len(pull) > 100_000 and wire.sync_kind(pull) == "pull"
+    assert wire.sync_kind(wire.encode_blobs_request(["a" * 64])) == "blobs"
+    assert wire.sync_kind(wire.BYE) == "bye"
+    assert wire.sync_kind(wire.encode_sync_request(wire.SyncRequest("d", "m"))) == "sync"
+    assert wire.sync_kind(b'{"type":"pull"}') == "sync"  # not canonical: the sync decoder says no

@@ -212,6 +212,18 @@ def decode_gossip(data: bytes) -> GossipMessage:
     return Announce(m, wasm)
 
 
+def sync_kind(data: bytes) -> str:
+    """Which message on ``SYNC_PROTOCOL`` this is ("sync", "pull", "blobs", "bye"),
+    without parsing it: canonical JSON sorts keys, so every message ends with
+    ``"type":"<kind>","v":1}`` (a pull request's name hashes can make it 500 KiB: its type
+    is at the end, not the start). Anything else is taken for "sync" and its decoder
+    refuses it."""
+    for kind in ("pull", "blobs", "bye"):
+        if data.endswith(b'"type":"%s","v":%d}' % (kind.encode(), WIRE_VERSION)):
+            return kind
+    return "sync"
+
+
 def encode_member_news(m: Member) -> bytes:
     return _dump({"type": "member", "member": _member_json(m)})
 

@@ -940,16 +940,17 @@ class MeshService:
         return self.store.read_blob(sha)
 
     def _serve_sync(self, peer: str, request: bytes) -> bytes:
-        if request == wire.BYE:
+        kind = wire.sync_kind(request)
+        if kind == "bye":
             self._call_soon(self._trimmed.add, peer)
             return b"{}"
-        if b'"type":"blobs"' in request[:64 * 1024]:
+        if kind == "blobs":
             shas = wire.decode_blobs_request(request)
             return wire.encode_blobs_response(
                 {sha: self.store.read_blob(sha) for sha in shas
                  if self.store.has_blob(sha) and self.store.blob_path(sha).stat().st_size
                  <= wire.INLINE_MAX})
-        if b'"type":"pull"' in request[:4096]:
+        if kind == "pull":
             pull = wire.decode_pull_request(request)
             with self._index_lock:
                 piece = answer_pull(self.index, pull, self._records)
