@@ -84,6 +84,10 @@ CATCHUP_FETCHES = 2
 the Fetcher's 4 and a sync, under the 8 request streams a peer serves per peer at once."""
 CATCHUP_BATCH = 64
 """Modules stored per filesystem sync during a catch-up (500 modules: 8 syncs)."""
+RECONNECT_S = 30.0
+"""Serf's reconnect_interval: how often an agent dials one member reported dead (how the
+halves of a healed partition find each other), and the least time between two dials of
+one live member it is not connected to."""
 SEEN_EVERY_S = 60.0
 """How often an agent with peers notes (in ``<state>/mesh-seen``) that it is in the mesh,
 and collects tombstones older than the horizon: both only need to be right to within a
@@ -149,6 +153,8 @@ class MeshService:
         self._seen = _read_seen(self._seen_path)
         """Wall time this agent last had a peer (None: never noted)."""
         self._seen_noted = 0.0
+        self._reconnected = 0.0
+        """When a member reported dead was last dialled (one every RECONNECT_S)."""
         self.members: Members | None = None
         self._mlock = threading.Lock()
         """Guards ``members``: changed on the event loop, read by sync answers too."""
@@ -414,7 +420,8 @@ class MeshService:
                 dead = members.tick(now, connected)
                 candidates = [(p, members.addrs(p)) for p in members.alive()
                               if p not in connected and members.addrs(p)
-                              and now - self._last_dial.get(p, -1e9) > 30.0]
+                              and now - self._last_dial.get(p, -1e9) > RECONNECT_S]
+                gone = [(p, members.addrs(p)) for p in members.dead() if members.addrs(p)]
             for peer in dead:
                 log.info("member reported dead: %s (lost and not back)", peer)
                 with self._mlock:
@@ -424,9 +431,14 @@ class MeshService:
             if len(connected) < CONN_LOW and candidates:
                 peer, addrs = self._rng.choice(candidates)
                 self._last_dial[peer] = now
-                for addr in addrs[:2]:
-                    self._dial(addr)
-            elif len(connected) > CONN_HIGH:
+                self.p2p.candidate(peer, list(addrs))  # dialled with backoff, expires
+            if gone and now - self._reconnected >= RECONNECT_S:
+                # Serf's reconnect: a member reported dead may be alive behind a healed
+                # partition; one dial every RECONNECT_S finds it (it then refutes).
+                self._reconnected = now
+                peer, addrs = self._rng.choice(gone)
+                self.p2p.candidate(peer, list(addrs))
+            if len(connected) > CONN_HIGH:
                 self._trim(connected)
             if connected:
                 wall = time.time()
