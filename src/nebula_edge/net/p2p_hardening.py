@@ -116,6 +116,8 @@ handler threads from the others."""
 MAX_REQUESTS_IN_FLIGHT = 64
 """Request streams in service at once from all peers: 8 peers at their full share. Each
 waits for one of ``HANDLER_THREADS``; past 64 the stream gets an error answer (counted)."""
+CANDIDATE_IDLE_WAIT_S = 1.0
+"""Least wait of the candidate dialler when nothing was due to dial (the table's own cap)."""
 LOOP_TICK_S = 0.25
 """How often the trio loop proves it is alive (:attr:`Incarnation.last_tick`)."""
 LOOP_BLOCKED_S = 5.0
@@ -649,10 +651,15 @@ class Incarnation:
         while True:
             now = time.monotonic()
             busy = set(self.conns) | set(self.dialers)
-            for peer, addrs in self.owner._due_candidates(now, busy):
+            due = self.owner._due_candidates(now, busy)
+            for peer, addrs in due:
                 self.nursery.start_soon(self._dial_candidate, peer, addrs)
             self.candidate_wakeup = trio.Event()
-            with trio.move_on_after(self.owner._candidate_wait(now)):
+            # A candidate that is due but connected (busy) is not dialled and stays due:
+            # without a floor the wait is 0 and this loop spins (0.35 core per idle agent
+            # with one peer, measured).
+            wait = self.owner._candidate_wait(now)
+            with trio.move_on_after(wait if due else max(wait, CANDIDATE_IDLE_WAIT_S)):
                 await self.candidate_wakeup.wait()
 
     async def _dial_candidate(self, peer: str, addrs: list[str]) -> None:
