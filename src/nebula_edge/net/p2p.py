@@ -170,6 +170,8 @@ class P2PHealth:
     candidate_dials: int
     candidate_dial_failures: int
     requests_refused: dict[str, int]
+    gossip_received: int
+    """Gossip messages delivered (passed the topic validator, not our own)."""
 
     @property
     def problems(self) -> list[str]:
@@ -308,6 +310,7 @@ class P2PHost:
         self._last_restart: tuple[float, float] | None = None  # (time.time(), monotonic)
         self._last_tick: float | None = None
         self._loop_stalls = 0
+        self._gossip_received = 0
         self._candidates = CandidateTable(jitter=hardened.jitter)
         self._refused: dict[str, int] = {}
         if os.environ.get(TEST_HOOKS_ENV) == "1":
@@ -431,6 +434,7 @@ class P2PHost:
                 candidate_dials=self._candidates.dials,
                 candidate_dial_failures=self._candidates.dial_failures,
                 requests_refused=dict(self._refused),
+                gossip_received=self._gossip_received,
             )
 
     def bounds(self) -> list[Bound]:
@@ -669,6 +673,8 @@ class P2PHost:
                 self._connected[peer] = addrs
 
     def _gossip(self, topic: str, publisher: str, data: bytes) -> None:
+        with self._lock:
+            self._gossip_received += 1
         self._emit(GossipMessage(topic, publisher, data))
 
     def _tick(self, now: float, lag: float) -> None:
