@@ -66,7 +66,11 @@ class Sandbox:
         self.max_limits = max_limits
         self.engines = Engines(cache_dir, on_cache)
         self.env = CallEnv(self.engines, table_elements, lend or nullcontext_lend)
-        self_test(self)
+        try:
+            self_test(self)
+        except BaseException:
+            self.engines.close()
+            raise
         self._lock = threading.Lock()
         self._loaded: dict[tuple[str, str], Compiled] = {}
         self._limits_cache: dict[Limits, Limits] = {}
