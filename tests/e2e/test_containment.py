@@ -96,6 +96,7 @@ def test_sleeping_calls_do_not_starve_computing_calls(agent: Agent) -> None:
         status, body, took = timed(agent, "double-c", 21)
         assert (status, body) == (200, {"result": 42})
         assert took < 0.3, took
+        assert (agent.metric("nebula_edge_exec_waiting") or 0) >= 1  # lent slots, visible
         for f in sleepers:
             s, b, t = f.result()
             assert (s, b) == (200, {"result": 7})
@@ -124,6 +125,7 @@ def test_table_growth_is_capped(agent: Agent) -> None:
     assert took < 1.0
     assert peak(agent) - rss < 16 * MiB
     assert agent.exec("bigtable", 99_999)[:2] == (200, {"result": 100_000})
+    assert agent.metric("nebula_edge_sandbox_limit", bound="table_elements") == 100_000
 
 
 def test_a_touched_memory_stays_under_the_call_limit(agent: Agent) -> None:

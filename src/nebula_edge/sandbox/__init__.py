@@ -27,6 +27,7 @@ from nebula_edge.manifest import Abi, Manifest
 from nebula_edge.sandbox.call import CallEnv, call_export, call_wasi, check_signature
 from nebula_edge.sandbox.engine import (
     FUEL,
+    MAX_TABLES,
     PLAIN,
     TABLE_ELEMENTS,
     WASMTIME_VERSION,
@@ -37,7 +38,7 @@ from nebula_edge.sandbox.engine import (
 )
 from nebula_edge.sandbox.selftest import self_test
 
-__all__ = ["TABLE_ELEMENTS", "WASMTIME_VERSION", "Sandbox"]
+__all__ = ["MAX_TABLES", "TABLE_ELEMENTS", "WASMTIME_VERSION", "Sandbox"]
 
 log = logging.getLogger(__name__)
 
