@@ -385,3 +385,24 @@ def test_a_changed_c_api_fails_fast_naming_the_wasmtime_version(
     monkeypatch.setattr(sandbox_call, "_store_new", changed)
     with pytest.raises(SandboxSelfTestFailed, match=f"wasmtime-py {WASMTIME_VERSION}"):
         Sandbox(cache_dir, CFG.default_limits, CFG.max_limits)
+
+
+def test_host_calls_bound_their_own_work(sandbox: Sandbox) -> None:
+    """One fd_write of a million empty iovecs, one poll_oneoff of 100 000 subscriptions:
+    EINVAL at once (28), not seconds of host work with the GIL held."""
+    import time
+
+    wasm = wasmtime.wat2wasm("""
+    (module
+      (import "wasi_snapshot_preview1" "fd_write"
+        (func $w (param i32 i32 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "poll_oneoff"
+        (func $p (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 200)
+      (func (export "f") (result i32)
+        (i32.add
+          (call $w (i32.const 1) (i32.const 0) (i32.const 1000000) (i32.const 8))
+          (call $p (i32.const 0) (i32.const 0) (i32.const 100000) (i32.const 8)))))""")
+    t0 = time.monotonic()
+    assert call(sandbox, wasm, "f") == {"result": 56}
+    assert time.monotonic() - t0 < 0.1
