@@ -60,6 +60,13 @@ class Metrics:
         self.quarantined_total = Counter(
             "nebula_edge_quarantined_total", "Blobs that failed verification on read",
             registry=r)
+        self.exec_waiting = Gauge(
+            "nebula_edge_exec_waiting",
+            "Calls waiting in a WASI sleep with their worker slot lent", registry=r)
+        self.sandbox_limit = Gauge(
+            "nebula_edge_sandbox_limit",
+            "Fixed sandbox bounds: workers, wait_workers, table_elements, max_tables",
+            ["bound"], registry=r)
 
         self.held_back_total = Counter(
             "nebula_edge_held_back_total",
