@@ -74,10 +74,11 @@ class MeshService:
         self.sandbox = sandbox
         self.metrics = metrics
         self.table = PeerTable()
+        self.on_change: Callable[[str, dict[str, Any]], None] | None = None  # dashboard events
         self._names: dict[str, set[str]] = {}
         """peer id -> module names it holds (from its sync answers and announcements)."""
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._events: asyncio.Queue[P2PEvent] = asyncio.Queue()
+        self._events: asyncio.Queue[P2PEvent] = P2PHost.event_queue()  # bounded, counted
         self._tasks: set[asyncio.Task[Any]] = set()
         self.fetcher = Fetcher(store, sandbox, metrics, self.table, self._request,
                                self._reject, self._stored_from)
@@ -200,6 +201,7 @@ class MeshService:
                     if self.table.lost(ev.peer_id):
                         self._forget(ev.peer_id)
                         log.info("peer lost: %s", ev.peer_id)
+                        self.on_change and self.on_change("peer_left", {"peer": ev.peer_id})
                     self.metrics.peers.set(len(self.table.connected_peers()))
                 elif isinstance(ev, GossipMessage):
                     await self._gossip(ev.from_peer, ev.data)
@@ -220,6 +222,7 @@ class MeshService:
         self._joined.set()
         if self.table.connected(ev.peer_id, ev.addrs, time.time()):
             log.info("peer joined: %s (%s)", ev.peer_id, ", ".join(ev.addrs[:2]))
+            self.on_change and self.on_change("peer_joined", {"peer": ev.peer_id})
         self.metrics.peers.set(len(self.table.connected_peers()))
         self._info(ev.peer_id)
         self._sync(ev.peer_id)
@@ -236,8 +239,7 @@ class MeshService:
         if now - self._last_dial.get(peer.peer_id, 0.0) < 2.0:
             return
         self._last_dial[peer.peer_id] = now
-        for addr in peer.p2p_addrs:
-            self._dial(addr)
+        self.p2p.candidate(peer.peer_id, peer.p2p_addrs)  # dialled with backoff, expires
 
     def _dial(self, addr: str) -> None:
         fut = self.p2p.connect(addr)
@@ -542,6 +544,7 @@ class MeshService:
         """Versions announced by ``peer`` are stored here: sync with it at once, so that
         it learns this agent holds them now (its ``GET /modules`` counts holders), not a
         sync interval later."""
+        self.on_change and self.on_change("stored", {"peer": peer})
         if self.table.is_connected(peer):
             self._sync(peer)
 
