@@ -373,9 +373,11 @@ class Node:
         check_name(name)
         m = self.store.current(name)
         mesh = self.mesh
-        if mesh is not None and (m is None or mesh.fetcher.newer_pending(name, m)
-                                 or mesh.outdated(name, m) is not None):
-            m = await mesh.obtain(name)
+        if mesh is not None:
+            if m is None or mesh.fetcher.newer_pending(name, m):
+                m = await mesh.obtain(name)
+            # A newer version this agent refused, or whose fetch failed, is not waited
+            # for (nor synced for, on every call): the call goes to a holder at once.
             newer = mesh.outdated(name, m) if m is not None else None
             if newer is not None and forwarded:
                 raise versions.unavailable(newer, mesh.versions.refused(newer))
