@@ -61,6 +61,18 @@ class Metrics:
             "nebula_edge_quarantined_total", "Blobs that failed verification on read",
             registry=r)
 
+        self.held_back_total = Counter(
+            "nebula_edge_held_back_total",
+            "Records from peers dated more than 60 s ahead of this agent's clock, held back "
+            "(not stored; re-evaluated when sync offers them again), each counted once, by "
+            "kind (manifest, tombstone)", ["kind"], registry=r)
+        self.peer_refused_total = Counter(
+            "nebula_edge_peer_refused_total",
+            "Versions from peers this agent does not hold, each counted once, by reason "
+            "(too_big, over_limits, max_modules)", ["reason"], registry=r)
+        self.version_book_names = Gauge(
+            "nebula_edge_version_book_names",
+            "Names whose mesh-best version this agent remembers (bound 2000)", registry=r)
         # Per-function logs, events and live views (calllog.py, events.py, api/ui.py).
         self.call_log_entries = Gauge(
             "nebula_edge_call_log_entries", "Call records and stderr lines held in the "

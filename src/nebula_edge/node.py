@@ -12,7 +12,6 @@ thread-safe), except where a docstring says otherwise.
 from __future__ import annotations
 
 import asyncio
-import inspect  # TEMPORARY: until the sandbox's stderr parameter is on main
 import logging
 import socket
 import time
@@ -34,6 +33,7 @@ from nebula_edge.errors import (
 )
 from nebula_edge.events import EventLog
 from nebula_edge.manifest import Manifest, Tombstone, check_name, parse_limits
+from nebula_edge.mesh import versions
 from nebula_edge.metrics import MeshFigures, Metrics, watch_mesh
 from nebula_edge.sandbox import Sandbox
 from nebula_edge.store import ModuleStore
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_SANDBOX_STDERR = "stderr" in inspect.signature(Sandbox.call).parameters
 OPEN_WARNING = ("running open: any client or peer may deploy, delete and roll back modules; "
                 "start agents with -trust to accept only signed changes (docs/security.md)")
 
@@ -78,12 +77,14 @@ class Node:
                              "give this one another -port or -data")
         self.metrics = Metrics()
         self.store = ModuleStore(state, keep=config.keep_versions,
+                                 max_names=config.max_modules,
                                  on_quarantine=lambda sha: self.metrics.quarantined_total.inc(),
                                  on_gc=self._forget_compiled)
+        self.workers = Workers(config.workers, spare=config.wait_workers)
         self.sandbox = Sandbox(
             self.store.cache_dir, config.default_limits, config.max_limits,
-            on_cache=lambda outcome: self.metrics.compile_cache_total.labels(outcome).inc())
-        self.workers = Workers(config.workers)
+            on_cache=lambda outcome: self.metrics.compile_cache_total.labels(outcome).inc(),
+            table_elements=config.table_elements, lend=self.workers.lend)
         self._admitted = 0
         self.metrics.exec_in_flight.set_function(lambda: self._admitted)
         self.node_id = f"{socket.gethostname()}:{config.port}"
@@ -256,8 +257,9 @@ class Node:
         keys.check(rec, self.config.trusted_keys, now=time.time())
 
     def _when(self, name: str, signed: Signed | None) -> tuple[float, str]:
-        """Time and publisher of a new change: the signed order's, or now (made later than
-        the current version and any deletion, whatever the clock says)."""
+        """Time and publisher of a new change: the signed order's, or the name's hybrid
+        logical clock (now, or just after the current version and any deletion if the
+        clock has not passed them: ``versions.next_time``)."""
         floor = 0.0
         cur = self.store.current(name)
         if cur is not None:
@@ -272,16 +274,15 @@ class Node:
             if at <= floor:
                 raise Forbidden("the signed order is older than the module's current state")
             return float(at), key
-        now = time.time()
-        return (now if now > floor else floor + 0.001), self.node_id
+        return versions.next_time(time.time(), floor), self.node_id
 
     def _new_manifest(self, name: str, sha: str, size: int, abi: Any, export: str | None,
                       limits: Limits, rollback_of: int | None = None,
-                      signed: Signed | None = None) -> Manifest:
+                      signed: Signed | None = None, restores: str | None = None) -> Manifest:
         at, publisher = self._when(name, signed)
         return Manifest(name=name, version=self.store.next_version(name), sha256=sha, size=size,
                         abi=abi, export=export, limits=limits, deployed_at=at,
-                        publisher=publisher, rollback_of=rollback_of,
+                        publisher=publisher, rollback_of=rollback_of, restores=restores,
                         signature=signed.signature if signed else None,
                         order=signed.order if signed else None)
 
@@ -308,8 +309,9 @@ class Node:
         return t
 
     async def rollback(self, name: str, signed: Signed | None = None) -> Manifest:
-        """Make the previous version current again, as a new version with the old bytes
-        (with a signed order: the kept version whose bytes the order names)."""
+        """Make an older version current again, as a new version with its bytes: the one
+        a signed order names by id (``restores``), else the previous one. The new
+        manifest records which version it restores, by id."""
         check_name(name)
         self._precheck(signed, "rollback")
         vs = self.store.versions(name)
@@ -319,22 +321,29 @@ class Node:
             raise ModuleNotFound(f"{name} has no previous version to roll back to")
         prev = vs[-2]
         if signed is not None:
-            match = [v for v in vs[:-1] if v.sha256 == signed.order.get("sha256")]
+            want = signed.order.get("restores")
+            if not isinstance(want, str):
+                raise Forbidden("a signed rollback order must name the version it restores "
+                                "by id (field 'restores'; nebctl -rollback signs it)")
+            match = [v for v in vs[:-1] if v.id == want]
             if not match:
-                raise ModuleNotFound(f"{name} has no kept version with the signed sha256")
-            prev = match[-1]
+                kept = ", ".join(f"v{v.version} {v.id}" for v in reversed(vs[:-1]))
+                raise ModuleNotFound(f"{name} has no kept older version with id "
+                                     f"{want[:16]!r} on this agent (kept: {kept})")
+            prev = match[0]
         limits = prev.limits
         if signed is not None and "limits" in signed.order:
             limits = parse_limits(signed.order["limits"])  # the signer's, checked below
         m = self._new_manifest(name, prev.sha256, prev.size, prev.abi, prev.export, limits,
-                               rollback_of=prev.version, signed=signed)
+                               rollback_of=prev.version, signed=signed, restores=prev.id)
         self._check(m)
         self._changing += 1
         try:
             await asyncio.get_running_loop().run_in_executor(None, self.store.put_manifest, m)
         finally:
             self._changing -= 1
-        log.info("rolled %s back to the bytes of v%d (now v%d)", name, prev.version, m.version)
+        log.info("rolled %s back to v%d (%s) (now v%d, %s)", name, prev.version, prev.id,
+                 m.version, m.id)
         self._local_change("rollback", name, m)
         if self.mesh is not None:
             self.mesh.announce(m)
@@ -351,18 +360,27 @@ class Node:
     async def exec(self, name: str, arg: Any, args: list[Any] | None,
                    forwarded: bool = False) -> ExecOutcome:
         """Run a call here; with the mesh, a module not here yet is fetched (bounded wait)
-        or the call is forwarded to a peer holding it (never when already forwarded)."""
+        or the call is forwarded to a peer holding it (never when already forwarded).
+        The version run is the mesh's winner: if a newer version exists that this agent
+        does not hold (it refused it, or its bytes are not here yet), the call goes to a
+        peer holding that version, or fails with ``version_unavailable`` -- never runs
+        the older version held here."""
         check_name(name)
         m = self.store.current(name)
-        if self.mesh is not None and (m is None or self.mesh.fetcher.newer_pending(name, m)):
-            m = await self.mesh.obtain(name)
-            if m is None and not forwarded:
+        mesh = self.mesh
+        if mesh is not None and (m is None or mesh.fetcher.newer_pending(name, m)
+                                 or mesh.outdated(name, m) is not None):
+            m = await mesh.obtain(name)
+            newer = mesh.outdated(name, m) if m is not None else None
+            if newer is not None and forwarded:
+                raise versions.unavailable(newer, mesh.versions.refused(newer))
+            if (m is None or newer is not None) and not forwarded:
                 body: dict[str, Any] = {"name": name}
                 if args is not None:
                     body["args"] = args
                 elif arg is not None:
                     body["arg"] = arg
-                result, peer = await self.mesh.forward(name, body)
+                result, peer = await mesh.forward(name, body, newer)
                 self.metrics.exec_total.labels(name, "forwarded").inc()
                 return ExecOutcome(result, peer)
         if m is None:
@@ -390,14 +408,14 @@ class Node:
     def _call(self, m: Manifest, read_bytes: Any, arg: Any, args: list[Any] | None,
               stderr: bytearray) -> dict[str, Any]:
         """On a worker thread: one call, its WASI stderr appended to ``stderr``."""
-        if _SANDBOX_STDERR:  # TEMPORARY until the sandbox's stderr parameter is on main
-            return self.sandbox.call(m, read_bytes, arg, args, stderr=stderr)  # type: ignore[call-arg]
-        return self.sandbox.call(m, read_bytes, arg, args)
+        return self.sandbox.call(m, read_bytes, arg, args, stderr=stderr)
 
     # ------------------------------------------------------------------ views
     def module_view(self, m: Manifest) -> dict[str, Any]:
         d = m.to_json()
         d.pop("v", None)
+        d["id"] = m.id  # names this version unambiguously (numbers are per-agent labels)
+        d.setdefault("restores", None)
         try:
             d["limits"] = self.sandbox.effective_limits(m.limits).to_json()
         except NebulaError:  # limits over this agent's maxima: show them as they are

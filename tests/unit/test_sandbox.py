@@ -257,24 +257,62 @@ def test_store_of_a_grown_memory_is_deleted_without_the_gil(
     assert deleted == ["held", "released"]
 
 
-def test_a_wasi_config_that_cannot_be_built_is_freed() -> None:
-    """An output file that cannot be attached (here: an fd number nothing has open) fails
-    the call and leaves no open file or stdin copy behind, however often it happens."""
-    import os
+# ------------------------------------------------------------------------------ stderr sink
+EXIT3 = (SAMPLES / "misbehave" / "exit3.wasm").read_bytes()
 
-    from nebula_edge.errors import ExecError
-    from nebula_edge.sandbox import call as sandbox_call
 
-    out = os.memfd_create("out", os.MFD_CLOEXEC)
-    closed = 999_999  # above any fd in use: /proc/self/fd/999999 cannot be opened
-    try:
-        def open_fds() -> int:
-            return len(os.listdir("/proc/self/fd"))
+def _stderr_then(tail: str) -> bytes:
+    """A WASI command that writes "note\\n" to stderr, then runs ``tail`` (WAT)."""
+    return wasmtime.wat2wasm(f"""
+    (module
+      (import "wasi_snapshot_preview1" "fd_write"
+        (func $fd_write (param i32 i32 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 16) "note\\n")
+      (func (export "_start")
+        (i32.store (i32.const 0) (i32.const 16))  ;; iovec: base
+        (i32.store (i32.const 4) (i32.const 5))   ;; iovec: length
+        (drop (call $fd_write (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 8)))
+        {tail}))
+    """)
 
-        before = open_fds()
-        for _ in range(200):
-            with pytest.raises(ExecError):
-                sandbox_call._wasi_config((b"x" * 4096, out, closed))
-        assert open_fds() == before
-    finally:
-        os.close(out)
+
+@pytest.mark.parametrize(("tail", "error"), [
+    ("", None),  # success (no stdout: an empty "output")
+    ("(unreachable)", Trap),
+    ("(call $exit (i32.const 3))", "WasiExit"),
+    ("(loop $l (br $l))", ExecTimeout),
+    # stdout flood: the same 5 bytes to fd 1 for ever
+    ("(loop $l (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))"
+     " (br $l))", "OutputTooLarge"),
+])
+def test_stderr_is_handed_to_the_caller_whatever_the_outcome(
+        sandbox: Sandbox, tail: str, error: object) -> None:
+    from nebula_edge import errors
+
+    wasm = _stderr_then(tail)
+    m = manifest(wasm, "note", "wasi", None, Limits(timeout_ms=200, max_output_bytes=4096))
+    sink = bytearray(b"earlier|")
+    if error is None:
+        sandbox.call(m, lambda: wasm, None, None, stderr=sink)
+    else:
+        exc = getattr(errors, error) if isinstance(error, str) else error
+        with pytest.raises(exc):  # type: ignore[call-overload]
+            sandbox.call(m, lambda: wasm, None, None, stderr=sink)
+    assert sink == b"earlier|note\n"
+
+
+def test_stderr_sink_gets_the_sample_modules_message(sandbox: Sandbox) -> None:
+    from nebula_edge.errors import WasiExit
+
+    sink = bytearray()
+    m = manifest(EXIT3, "exit3", "wasi", None)
+    with pytest.raises(WasiExit):
+        sandbox.call(m, lambda: EXIT3, None, None, stderr=sink)
+    assert sink == b"something went wrong\n"
+    export_sink = bytearray()
+    assert call(sandbox, DOUBLE, "double", 2) == {"result": 4}
+    sandbox.call(manifest(DOUBLE, "double", "export", "double"), lambda: DOUBLE, 2, None,
+                 stderr=export_sink)
+    assert export_sink == b""  # an export call has no stderr

@@ -173,6 +173,10 @@ OPENAPI: dict[str, Any] = {
             "holders": {"type": "array", "items": {"type": "string"},
                         "description": "agents known to hold this version (mesh on)"},
             "rollback_of": {"type": "integer", "nullable": True},
+            "id": {"type": "string", "description": "manifest id: names this version "
+                   "unambiguously across agents (version numbers are per-agent labels)"},
+            "restores": {"type": "string", "nullable": True,
+                         "description": "a rollback's restored version, by manifest id"},
             "signature": {"type": "string", "nullable": True},
             "order": {"type": "object", "nullable": True}}},
         "ModuleResponse": {"type": "object", "properties": {"module": _ref("Module")}},

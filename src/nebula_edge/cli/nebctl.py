@@ -242,15 +242,31 @@ class Signer:
             raise CliError(f"cannot load the key {path}: {e}", 2) from None
         self.pub = keys.public_key_str(self.priv)
 
-    def headers(self, order: dict[str, Any]) -> dict[str, str]:
+    def floor(self, c: Client, name: str) -> float | None:
+        """When signing: the time of ``name``'s current version on the agent (None if it
+        has none), which the order's time must pass (see ``headers``)."""
+        if self.priv is None:
+            return None
+        try:
+            info, _ = c.call("GET", f"/modules/{urllib.parse.quote(name, safe='')}")
+        except CliError:
+            return None
+        at = info.get("current", {}).get("deployed_at")
+        return float(at) if isinstance(at, int | float) else None
+
+    def headers(self, order: dict[str, Any], floor: float | None = None) -> dict[str, str]:
+        """The signed order's headers. Its time is a hybrid logical clock: now, or just
+        after ``floor`` if the name's current version is dated ahead of this clock (a
+        publisher whose clock is a little behind can still deploy)."""
         if self.priv is None:
             return {}
         import base64
 
         from nebula_edge import keys
         from nebula_edge.manifest import canonical
+        from nebula_edge.mesh.versions import next_time
 
-        order = {**order, "at": time.time(), "key": self.pub}
+        order = {**order, "at": next_time(time.time(), floor), "key": self.pub}
         return {"X-Nebula-Order": base64.b64encode(canonical(order)).decode(),
                 "X-Nebula-Signature": keys.sign(self.priv, order)}
 
@@ -316,20 +332,22 @@ def run(argv: list[str] | None = None) -> int:
             else "no peers"
     elif a.info:
         out, _ = c.call("GET", f"/modules/{urllib.parse.quote(a.info, safe='')}")
-        rows = [[f"v{m['version']}", m["sha256"][:12], str(m["size"]), ago(m["deployed_at"]),
-                 m["publisher"], f"v{m['rollback_of']}" if m.get("rollback_of") else ""]
+        rows = [[f"v{m['version']}", m["sha256"][:12], m.get("id", "-"), str(m["size"]),
+                 ago(m["deployed_at"]), m["publisher"],
+                 f"v{m['rollback_of']}" if m.get("rollback_of") else ""]
                 for m in out["versions"]]
         cur = out["current"]
         text = (f"{out['name']}: current v{cur['version']}, abi {cur['abi']}"
                 + (f", export {cur['export']} {out.get('signature') or ''}"
                    if cur.get("export") else "")
                 + f"\nlimits: {json.dumps(cur['limits'])}\n"
-                + table(rows, ["VERSION", "SHA256", "SIZE", "DEPLOYED", "PUBLISHER",
+                + table(rows, ["VERSION", "SHA256", "ID", "SIZE", "DEPLOYED", "PUBLISHER",
                                "ROLLBACK OF"]))
     elif a.delete:
         signer = Signer(a.key, a.unsigned)
         out, _ = c.call("DELETE", f"/modules/{urllib.parse.quote(a.delete, safe='')}",
-                        headers=signer.headers({"op": "delete", "name": a.delete}))
+                        headers=signer.headers({"op": "delete", "name": a.delete},
+                                               signer.floor(c, a.delete)))
         text = f"deleted {out['deleted']}"
     elif a.rollback:
         quoted = urllib.parse.quote(a.rollback, safe="")
@@ -341,8 +359,10 @@ def run(argv: list[str] | None = None) -> int:
                 raise CliError(f"{a.rollback} has no previous version to roll back to")
             prev = info["versions"][1]
             sign_headers = signer.headers({"op": "rollback", "name": a.rollback,
+                                           "restores": prev["id"],
                                            "sha256": prev["sha256"], "abi": prev["abi"],
-                                           "export": prev["export"], "limits": prev["limits"]})
+                                           "export": prev["export"], "limits": prev["limits"]},
+                                          info["current"]["deployed_at"])
         out, _ = c.call("POST", f"/modules/{quoted}/rollback", headers=sign_headers)
         m = out["module"]
         text = f"rolled {m['name']} back: v{m['version']} now runs the bytes of v{m['rollback_of']}"
@@ -368,7 +388,8 @@ def deploy(c: Client, a: Any, wasm: bytes) -> tuple[dict[str, Any], str]:
     limits = {k: v for k, v in q.items() if k not in ("abi", "export")}
     order = {"op": "deploy", "name": a.name, "sha256": hashlib.sha256(wasm).hexdigest(),
              "size": len(wasm), "abi": a.abi, "export": a.export, "limits": limits}
-    out, _ = c.call("PUT", path, wasm, "application/wasm", signer.headers(order), progress=True)
+    out, _ = c.call("PUT", path, wasm, "application/wasm",
+                    signer.headers(order, signer.floor(c, a.name)), progress=True)
     m = out["module"]
     text = (f"deployed {m['name']} v{m['version']} ({m['size']} bytes, sha256 "
             f"{m['sha256'][:12]}, abi {m['abi']}"

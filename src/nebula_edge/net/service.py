@@ -45,7 +45,7 @@ from nebula_edge.errors import (
     PeerUnavailable,
 )
 from nebula_edge.manifest import Manifest, Tombstone
-from nebula_edge.mesh import wire
+from nebula_edge.mesh import versions, wire
 from nebula_edge.mesh.state import PeerTable, digest, newest_first
 from nebula_edge.metrics import Metrics
 from nebula_edge.net.fetch import Fetcher
@@ -88,6 +88,10 @@ class MeshService:
         self._last_dial: dict[str, float] = {}
         self._untrusted: set[str] = set()
         self._too_big: set[str] = set()
+        self.versions = versions.VersionBook()
+        """The mesh's best version per name, refused ones included (the exec decision)."""
+        self._held = versions.HeldBack()
+        metrics.version_book_names.set_function(lambda: len(self.versions))
         self._syncing: dict[str, asyncio.Task[None]] = {}
         self._sync_began: dict[str, float] = {}
         """peer id -> when the sync round running with it (or the last one) began."""
@@ -303,7 +307,7 @@ class MeshService:
                 await self._apply_tombstone(msg.tombstone)
             return
         m = msg.manifest
-        if not self._trusted(m, peer):
+        if not self._trusted(m, peer) or self._held_back(m):
             return
         self._names.setdefault(peer, set()).add(m.name)
         self.table.add_holding(peer, m.sha256)
@@ -332,12 +336,42 @@ class MeshService:
             return False
         return True
 
+    def _held_back(self, rec: Manifest | Tombstone) -> bool:
+        """Whether a peer's record is dated too far in the future to adopt now (counted
+        and logged once; sync offers it again and it is judged again then)."""
+        if not versions.too_far_ahead(versions.record_time(rec), time.time()):
+            return False
+        if self._held.first_time(rec.id):
+            kind = "tombstone" if isinstance(rec, Tombstone) else "manifest"
+            self.metrics.held_back_total.labels(kind).inc()
+            log.warning("holding back a %s of %s dated %.0f s ahead of this agent's clock "
+                        "(limit %.0f s)", kind, rec.name,
+                        versions.record_time(rec) - time.time(), versions.MAX_FUTURE_S)
+        return True
+
+    def _refused(self, m: Manifest, reason: str) -> None:
+        self.versions.note(m, refused=reason)
+        if m.id not in self._too_big:
+            self._too_big.add(m.id)
+            self.metrics.peer_refused_total.labels(reason).inc()
+
+    def outdated(self, name: str, held: Manifest) -> Manifest | None:
+        """The mesh's winning version of ``name`` if it is newer than ``held``."""
+        return self.versions.newer_than(held, self.store.tombstone(name))
+
     def _wanted(self, m: Manifest) -> bool:
         """The store would take it, and it is within this agent's own module size limit
-        (a bigger one stays on the peers that hold it: calls to it are forwarded)."""
+        (a bigger one stays on the peers that hold it: calls to it are forwarded).
+        Every version a peer offers is noted in ``versions``, refused ones too."""
+        if self._held_back(m):
+            return False
+        if not self.store.has_room(m.name):
+            self._refused(m, "max_modules")
+            return False
+        self.versions.note(m)
         if m.size > self.config.max_module_size:
             if m.id not in self._too_big:
-                self._too_big.add(m.id)
+                self._refused(m, "too_big")
                 log.info("not fetching %s v%d: %d bytes is over -max-module-size %d; calls "
                          "are forwarded", m.name, m.version, m.size, self.config.max_module_size)
             return False
@@ -345,7 +379,7 @@ class MeshService:
             self.sandbox.effective_limits(m.limits)
         except NebulaError:
             if m.id not in self._too_big:
-                self._too_big.add(m.id)
+                self._refused(m, "over_limits")
                 log.info("not fetching %s v%d: its limits exceed this agent's maxima; calls "
                          "are forwarded", m.name, m.version)
             return False
@@ -371,6 +405,8 @@ class MeshService:
         return True
 
     async def _apply_tombstone(self, t: Tombstone) -> None:
+        if self._held_back(t):
+            return
         loop = asyncio.get_running_loop()
         if await loop.run_in_executor(None, self.store.put_tombstone, t):
             log.info("module deleted by the mesh: %s", t.name)
@@ -480,12 +516,13 @@ class MeshService:
             return
         self.table.set_holdings(peer, {m.sha256 for m in resp.manifests})
         # Forward calls only where the peer's current version is one this agent would
-        # accept itself.
+        # accept itself (trusted, and not held back as dated in the future).
         newest: dict[str, Manifest] = {}
         for m in resp.manifests:
             if m.name not in newest or m.key > newest[m.name].key:
                 newest[m.name] = m
-        self._names[peer] = {n for n, m in newest.items() if self._trusted(m, peer)}
+        self._names[peer] = {n for n, m in newest.items()
+                             if self._trusted(m, peer) and not self._held_back(m)}
         for t in resp.tombstones:
             if self.store.tombstone(t.name) != t and self._trusted(t, peer):
                 await self._apply_tombstone(t)
@@ -562,11 +599,16 @@ class MeshService:
                 return self.store.current(name)
             await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
 
-    async def forward(self, name: str, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
-        """Run the call on a peer that holds ``name``; one hop at most."""
+    async def forward(self, name: str, body: dict[str, Any],
+                      want: Manifest | None = None) -> tuple[dict[str, Any], str]:
+        """Run the call on a peer that holds ``name`` (with ``want``: one that holds that
+        version's bytes); one hop at most."""
         assert self._http is not None
         holding = [r.peer_id for r in self.table.connected_peers()
-                   if name in self._names.get(r.peer_id, set())]
+                   if name in self._names.get(r.peer_id, set())
+                   and (want is None or want.sha256 in r.holds)]
+        if want is not None and not holding:
+            raise versions.unavailable(want, self.versions.refused(want))
         unknown = [self._info(p) for p in holding if not self._http_url(p)]
         if unknown:  # a peer that has just joined: its HTTP URL is a moment away
             await asyncio.wait(unknown, timeout=self.config.fetch_wait_s)
@@ -586,7 +628,7 @@ class MeshService:
                     allow_redirects=False,
                 ) as r:
                     payload = await r.json(content_type=None)
-                    if r.status == 404:
+                    if r.status == 404 or _code(payload) == versions.UNAVAILABLE:
                         continue
                     if r.status >= 400:
                         raise _peer_error(r.status, payload, r.headers.get("Retry-After"))
@@ -598,6 +640,8 @@ class MeshService:
                 log.info("forward of %s to %s failed: %s", name, peer, e)
         if last is not None:
             raise PeerUnavailable(f"peers holding {name!r} could not be reached: {last}")
+        if want is not None:
+            raise versions.unavailable(want, self.versions.refused(want))
         raise ModuleNotFound(f"no module named {name!r} on this agent or its peers")
 
     # ------------------------------------------------------------------ views
@@ -619,6 +663,11 @@ class MeshService:
             }
             for r in sorted(self.table.connected_peers(), key=lambda r: r.peer_id)
         ]
+
+
+def _code(payload: Any) -> str | None:
+    err = payload.get("error") if isinstance(payload, dict) else None
+    return str(err.get("code")) if isinstance(err, dict) else None
 
 
 def _peer_error(status: int, payload: Any, retry_after: str | None) -> NebulaError:
