@@ -161,9 +161,9 @@ def _bar(total: float, desc: str, unit: str) -> Any:
     """A tqdm bar on stderr, or None when stderr is not a terminal (scripts, tests)."""
     if not sys.stderr.isatty():
         return None
-    from tqdm import tqdm
-
     import shutil
+
+    from tqdm import tqdm
 
     # A terminal that reports no size (0x0, e.g. a bare pty) makes tqdm draw nothing;
     # shutil falls back to 80x24 there.
