@@ -311,4 +311,6 @@ def make_app(node: Node) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/debug/echo", echo)
+    from nebula_edge.api import pieces  # it imports this module: NODE, require_token
+    pieces.add_routes(app)
     return app
