@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from nebula_edge.api import ui
 from nebula_edge.api.openapi import OPENAPI
 from nebula_edge.errors import (
     BadRequest,
@@ -311,4 +312,7 @@ def make_app(node: Node) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/debug/echo", echo)
+    ui.register(app, node, require_token)  # /ui, /ui/state, /ui/events, /modules/{name}/logs
+    from nebula_edge.api import pieces  # it imports this module: NODE, require_token
+    pieces.add_routes(app)
     return app

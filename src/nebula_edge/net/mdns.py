@@ -38,6 +38,7 @@ and :func:`interface_ips` are pure or read-only and safe anywhere.
 from __future__ import annotations
 
 import asyncio
+import collections
 import fcntl
 import ipaddress
 import logging
@@ -73,6 +74,13 @@ TXT_ENTRY_MAX = 255
 """Bytes in one TXT string (``key=value``): its length is a single byte on the wire."""
 LOOKUP_TIMEOUT_MS = 3000
 """How long to ask for a browsed service's SRV/TXT/A before giving up until its next event."""
+MAX_LOOKUPS = 16
+"""Service lookups running at once. Each is a task asking for records for up to 3 s; a
+LAN of tens of agents starting together needs a few. Anyone can announce any number of
+service names, so more wait in a queue of :data:`MAX_PENDING_LOOKUPS`."""
+MAX_PENDING_LOOKUPS = 256
+"""Service names waiting for a lookup; past it the name heard of least recently is dropped
+(counted). A dropped real agent is looked up again at its next re-announce (15 s)."""
 
 _PEER_ID_RE = re.compile(r"[A-Za-z0-9]{1,128}")
 _TOKEN_RE = re.compile(r"[!-~]{1,256}")  # printable ASCII, no spaces
@@ -234,6 +242,9 @@ class MdnsService:
         self._reannouncer: asyncio.Task[None] | None = None
         self._lookups: dict[str, asyncio.Task[None]] = {}
         self._lookup_again: set[str] = set()
+        self._pending: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.lookups_dropped = 0
+        """Names dropped from the pending queue (:data:`MAX_PENDING_LOOKUPS`)."""
         self._started = False
         self._stopped = False
 
@@ -362,7 +373,20 @@ class MdnsService:
         if task is not None:
             self._lookup_again.add(name)  # the running lookup may have read older records
             return
-        self._lookups[name] = asyncio.create_task(self._lookup(zeroconf, name))
+        if len(self._lookups) < MAX_LOOKUPS:
+            self._lookups[name] = asyncio.create_task(self._lookup(zeroconf, name))
+            return
+        self._pending[name] = None
+        self._pending.move_to_end(name)
+        while len(self._pending) > MAX_PENDING_LOOKUPS:
+            self._pending.popitem(last=False)
+            self.lookups_dropped += 1
+
+    def bounds(self) -> list[tuple[str, int, int, int]]:
+        """(name, size, limit, dropped) of the lookup bounds, for ``/metrics``."""
+        return [("mdns_lookups", len(self._lookups), MAX_LOOKUPS, 0),
+                ("mdns_pending_lookups", len(self._pending), MAX_PENDING_LOOKUPS,
+                 self.lookups_dropped)]
 
     async def _lookup(self, zc: Zeroconf, name: str) -> None:
         try:
@@ -373,6 +397,9 @@ class MdnsService:
                     return
         finally:
             del self._lookups[name]
+            if self._pending and not self._stopped:
+                following, _ = self._pending.popitem(last=False)
+                self._lookups[following] = asyncio.create_task(self._lookup(zc, following))
 
     async def _lookup_once(self, zc: Zeroconf, name: str) -> None:
         info = AsyncServiceInfo(self.SERVICE_TYPE, name)
