@@ -406,3 +406,40 @@ def test_host_calls_bound_their_own_work(sandbox: Sandbox) -> None:
     t0 = time.monotonic()
     assert call(sandbox, wasm, "f") == {"result": 56}
     assert time.monotonic() - t0 < 0.1
+
+
+def test_host_functions_answer_errnos_for_what_does_not_exist(sandbox: Sandbox) -> None:
+    """fd_write to stdin or an fd nobody opened: EBADF (8); fd_pwrite on stdout: ESPIPE
+    (70); poll_oneoff on fd 7: an EBADF event; on the CPU-time clock: an ENOTSUP (58)
+    event; out-of-bounds pointers: EFAULT (21). Packed as 8|70|8|58|21 in one i64."""
+    wasm = wasmtime.wat2wasm("""
+    (module
+      (import "wasi_snapshot_preview1" "fd_write"
+        (func $w (param i32 i32 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "fd_pwrite"
+        (func $pw (param i32 i32 i32 i64 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "poll_oneoff"
+        (func $p (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func $sub (param $tag i32) (param $id i32) (result i32)
+        (i32.store8 (i32.const 1008) (local.get $tag))
+        (i32.store (i32.const 1016) (local.get $id))
+        (i64.store (i32.const 1024) (i64.const 0))
+        (drop (call $p (i32.const 1000) (i32.const 2000) (i32.const 1) (i32.const 3000)))
+        (i32.load16_u (i32.const 2008)))  ;; the event's errno
+      (func (export "f") (result i64)
+        (local $r i64)
+        (local.set $r (i64.extend_i32_u
+          (call $w (i32.const 7) (i32.const 0) (i32.const 0) (i32.const 8))))
+        (local.set $r (i64.or (i64.shl (local.get $r) (i64.const 8)) (i64.extend_i32_u
+          (call $pw (i32.const 1) (i32.const 0) (i32.const 0) (i64.const 0) (i32.const 8)))))
+        (local.set $r (i64.or (i64.shl (local.get $r) (i64.const 8)) (i64.extend_i32_u
+          (call $sub (i32.const 1) (i32.const 7)))))
+        (local.set $r (i64.or (i64.shl (local.get $r) (i64.const 8)) (i64.extend_i32_u
+          (call $sub (i32.const 0) (i32.const 2)))))
+        (local.set $r (i64.or (i64.shl (local.get $r) (i64.const 8)) (i64.extend_i32_u
+          (call $w (i32.const 1) (i32.const 65530) (i32.const 1) (i32.const 8)))))
+        (local.get $r)))""")
+    packed = call(sandbox, wasm, "f")["result"]
+    assert isinstance(packed, int)
+    assert [(packed >> s) & 0xFF for s in (32, 24, 16, 8, 0)] == [8, 70, 8, 58, 21]
