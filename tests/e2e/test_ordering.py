@@ -23,6 +23,7 @@ from agents import (
     p2p_addr,
     run_nebctl,
     wait_for,
+    with_custom_section,
 )
 from nebula_edge import keys
 from nebula_edge.config import Limits
@@ -191,3 +192,25 @@ def test_a_deploy_dated_within_the_skew_does_not_block_the_next_one(
                  CONVERGE_S, msg=f"the later deploy to be current on {agent}")
         cur = current(agent, "fn")
         assert cur is not None and cur["deployed_at"] > ahead.deployed_at  # type: ignore[operator]
+
+
+def test_a_rollback_restores_the_version_it_names_by_id(agent_factory: AgentPool) -> None:
+    """Unsigned too: ``{"restores": id}`` picks any kept older version (here the oldest,
+    skipping the previous one); nebctl -rollback names the previous one by id."""
+    a = agent_factory()
+    assert a.upload("fn", CALC, export="add")[0] == 201
+    assert a.upload("fn", DOUBLE)[0] == 201
+    assert a.upload("fn", with_custom_section(DOUBLE.read_bytes(), "v3", b"x"))[0] == 201
+    vs = a.get("/modules/fn")[1]["versions"]
+    assert [v["version"] for v in vs] == [3, 2, 1] and len({v["id"] for v in vs}) == 3
+    status, body, _ = a.post("/modules/fn/rollback", {"restores": vs[2]["id"]})
+    assert status == 200, body
+    m = body["module"]
+    assert (m["restores"], m["rollback_of"], m["export"]) == (vs[2]["id"], 1, "add")
+    assert a.exec("fn", args=[2, 3])[:2] == (200, {"result": 5})
+    status, body, _ = a.post("/modules/fn/rollback", {"restores": 7})
+    assert status == 400 and body["error"]["code"] == "bad_request", body
+    a.nebctl("-rollback", "fn", check=True)  # back to the version below v4: v3's bytes
+    cur = a.get("/modules/fn")[1]["current"]
+    assert cur["restores"] == vs[0]["id"] and cur["rollback_of"] == 3
+    assert a.exec("fn", 21)[:2] == (200, {"result": 42})
