@@ -58,8 +58,11 @@ class Dashboard:
         self._samples: deque[tuple[float, dict[str, dict[str, float]]]] = deque()
         self._seen: dict[str, dict[str, Any]] = {}
         """Agent id -> its last row while it was listed (to show it as lost after)."""
-        node.metrics.streams.labels("ui").set_function(lambda: self.streams)
-        node.metrics.streams_limit.labels("ui").set(UI_STREAMS_MAX)
+
+    def watch(self) -> None:
+        """Export the stream count and its bound in /metrics."""
+        self.node.metrics.streams.labels("ui").set_function(lambda: self.streams)
+        self.node.metrics.streams_limit.labels("ui").set(UI_STREAMS_MAX)
 
     # ------------------------------------------------------------------ call statistics
     def _sample(self, now: float) -> dict[str, dict[str, float]]:
@@ -243,9 +246,9 @@ class Dashboard:
         since = _int_query(request, "since", 0)
         limit = _int_query(request, "limit", LOG_ENTRIES)
         follow = request.query.get("follow", "0") not in ("0", "false", "")
+        if node.store.current(name) is None and not node.calllog.entries(name):
+            raise NotFound(f"no module named {name!r} here (and no log of one)")
         if not follow:
-            if node.store.current(name) is None and not node.calllog.entries(name):
-                raise NotFound(f"no module named {name!r}")
             return web.json_response({"name": name, "agent": node.node_id,
                                       "entries": node.calllog.entries(name, since, limit)})
         try:
@@ -285,6 +288,9 @@ def register(app: web.Application, node: Node, auth: Auth) -> Dashboard:
         auth(request)
         return await d.logs(request)
 
+    async def starting(app: web.Application) -> None:
+        d.watch()
+
     async def closing(app: web.Application) -> None:
         d.closing.set()
 
@@ -294,6 +300,7 @@ def register(app: web.Application, node: Node, auth: Auth) -> Dashboard:
     app.router.add_get("/ui/state", d.state_json)
     app.router.add_get("/ui/events", d.events_stream)
     app.router.add_get("/modules/{name}/logs", logs)
+    app.on_startup.append(starting)
     app.on_shutdown.append(closing)
     return d
 

@@ -161,10 +161,16 @@ def _bar(total: float, desc: str, unit: str) -> Any:
     """A tqdm bar on stderr, or None when stderr is not a terminal (scripts, tests)."""
     if not sys.stderr.isatty():
         return None
+    import shutil
+
     from tqdm import tqdm
 
+    # A terminal that reports no size (0x0, e.g. a bare pty) makes tqdm draw nothing;
+    # shutil falls back to 80x24 there.
+    size = shutil.get_terminal_size()
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=True,
-                unit_scale=unit == "B", unit_divisor=1024, dynamic_ncols=True)
+                unit_scale=unit == "B", unit_divisor=1024, ncols=min(size.columns, 100),
+                nrows=size.lines)
 
 
 def _with_bar(body: bytes, desc: str) -> Iterator[bytes] | bytes:

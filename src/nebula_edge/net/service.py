@@ -7,9 +7,9 @@ discoveries into store changes, and local changes into gossip.
 * **Announce**: a deploy, rollback or delete is published on ``TOPIC`` (small modules
   inline). A receiver verifies the message, then the bytes (sha256, size, compiles with
   the manifest's ABI and export) before storing anything.
-* **Fetch** (``net/fetch.py``): bytes not inline are pulled over ``BLOB_PROTOCOL`` from
-  the announcer, else any peer known to hold them, verified and compiled before they are
-  stored.
+* **Fetch** (``net/fetch.py``): bytes not inline are pulled in pieces over HTTP from
+  every peer that holds them (``api/pieces.py``), verified and compiled before they are
+  stored. ``BLOB_PROTOCOL`` is still served, for agents of earlier versions.
 * **Sync**: on every new connection and every ``sync_interval_s``, digests are compared
   and differing sets exchanged (``mesh/state.py``): an agent that starts late, restarts
   or was cut off converges without anyone deploying again.
@@ -81,7 +81,7 @@ class MeshService:
         self._events: asyncio.Queue[P2PEvent] = P2PHost.event_queue()  # bounded, counted
         self._tasks: set[asyncio.Task[Any]] = set()
         self.fetcher = Fetcher(store, sandbox, metrics, self.table, self._request,
-                               self._reject, self._stored_from)
+                               self._reject, self._stored_from, token=config.token)
         self._joined = asyncio.Event()
         """Set once the first peer has connected (obtain() waits for it on a new agent)."""
         self._started = time.monotonic()
@@ -170,6 +170,7 @@ class MeshService:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._http is not None:
             await self._http.close()
+        await self.fetcher.close()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.p2p.stop)
 

@@ -42,9 +42,9 @@
         "</td>" +
         '<td><span class="pill ' + esc(a.status) + '" title="' + esc((a.problems || []).join("; ")) +
         '">' + esc(a.status) + "</span></td>" +
-        '<td class="mono small">' + addrs.map(esc).join("<br>") + "</td>" +
-        "<td>" + ago(a.connected_since, now) + "</td>" +
-        "<td>" + ago(a.last_seen, now) + "</td><td>" + holds + "</td></tr>";
+        '<td class="mono small wide">' + addrs.map(esc).join("<br>") + "</td>" +
+        '<td class="wide">' + ago(a.connected_since, now) + "</td>" +
+        '<td class="wide">' + ago(a.last_seen, now) + "</td><td>" + holds + "</td></tr>";
     }).join("");
     $("#modules-count").textContent = st.modules.length;
     $("#modules tbody").innerHTML = st.modules.map(function (m) {
@@ -63,7 +63,7 @@
         m.agents + "</span></td>" +
         "<td>" + versions + "</td>" +
         '<td class="num">' + num(m.calls_per_s) + "</td>" +
-        '<td class="num">' + num(m.p50_ms, " ms") + "</td>" +
+        '<td class="num wide">' + num(m.p50_ms, " ms") + "</td>" +
         '<td class="num">' + num(m.p99_ms, " ms") + "</td>" +
         '<td class="num">' + num(m.errors_per_s) + "/s \u00b7 " + m.errors_total + "</td></tr>";
     }).join("") || '<tr><td colspan="8" class="muted">no modules yet: nebctl -wasm FILE -name NAME</td></tr>';
