@@ -203,7 +203,7 @@ class Dashboard:
     # ------------------------------------------------------------------ handlers
     async def page(self, request: web.Request) -> web.StreamResponse:
         return web.Response(body=_asset("index.html"), content_type="text/html",
-                            charset="utf-8", headers=_NO_STORE)
+                            charset="utf-8", headers=_PAGE_HEADERS)
 
     async def asset(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["file"]
@@ -307,6 +307,9 @@ def register(app: web.Application, node: Node, auth: Auth) -> Dashboard:
 
 # ---------------------------------------------------------------------------- helpers
 _NO_STORE = {"Cache-Control": "no-store"}
+_PAGE_HEADERS = {**_NO_STORE, "X-Content-Type-Options": "nosniff",
+                 "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'"}
+"""The page loads nothing but its own files and cannot be framed."""
 
 
 def _asset(name: str) -> bytes:

@@ -52,25 +52,26 @@
       var versions = m.versions.map(function (v) {
         return '<span class="chip' + (v.version === m.version ? " current" : "") +
           '" title="' + esc(v.holders.join("\n")) + '">v' + esc(v.version) + ": " +
-          v.holders.length + "</span>";
+          esc(v.holders.length) + "</span>";
       }).join("");
       return '<tr data-module="' + esc(m.name) + '" data-version="' + esc(m.version) +
-        '" data-held="' + esc(m.held_by) + '" data-agents="' + esc(m.agents) + '">' +
+        '" data-held="' + esc(m.held_by) + '" data-agents="' + esc(m.agents) +
+        '" data-calls="' + esc(m.calls_total) + '">' +
         "<td><b>" + esc(m.name) + "</b></td>" +
         '<td class="mono" title="' + esc(m.sha256) + '">v' + esc(m.version) + " " +
         esc(m.sha256.slice(0, 8)) + "</td>" +
-        '<td><span class="pill held ' + (all ? "all" : "partial") + '">' + m.held_by + "/" +
-        m.agents + "</span></td>" +
+        '<td><span class="pill held ' + (all ? "all" : "partial") + '">' + esc(m.held_by) + "/" +
+        esc(m.agents) + "</span></td>" +
         "<td>" + versions + "</td>" +
         '<td class="num">' + num(m.calls_per_s) + "</td>" +
         '<td class="num wide">' + num(m.p50_ms, " ms") + "</td>" +
         '<td class="num">' + num(m.p99_ms, " ms") + "</td>" +
-        '<td class="num">' + num(m.errors_per_s) + "/s \u00b7 " + m.errors_total + "</td></tr>";
+        '<td class="num">' + num(m.errors_per_s) + "/s \u00b7 " + esc(m.errors_total) + "</td></tr>";
     }).join("") || '<tr><td colspan="8" class="muted">no modules yet: nebctl -wasm FILE -name NAME</td></tr>';
     $("#events").innerHTML = st.events.map(function (e) {
-      var what = e.kind;
-      if (e.module) what += " " + e.module + (e.version ? " v" + e.version : "");
-      if (e.kind === "peer_joined" || e.kind === "peer_left") what += " " + short(e.agent);
+      var what = esc(e.kind);
+      if (e.module) what += " " + esc(e.module) + (e.version ? " v" + esc(e.version) : "");
+      if (e.kind === "peer_joined" || e.kind === "peer_left") what += " " + esc(short(e.agent));
       else if (e.agent) what += ' <span class="muted">by ' + esc(short(e.agent)) + "</span>";
       if (e.via) what += ' <span class="muted">(via ' + esc(e.via) + ")</span>";
       return '<li data-kind="' + esc(e.kind) + '"><span class="muted small">' +
