@@ -35,7 +35,7 @@ from nebula_edge.events import EventLog
 from nebula_edge.manifest import Manifest, Tombstone, check_name, parse_limits
 from nebula_edge.mesh import versions
 from nebula_edge.metrics import MeshFigures, Metrics, watch_mesh
-from nebula_edge.sandbox import Sandbox
+from nebula_edge.sandbox import MAX_TABLES, Sandbox
 from nebula_edge.store import ModuleStore
 from nebula_edge.store.fsutil import DirLock
 from nebula_edge.store.modules import sha256_hex
@@ -87,6 +87,11 @@ class Node:
             table_elements=config.table_elements, lend=self.workers.lend)
         self._admitted = 0
         self.metrics.exec_in_flight.set_function(lambda: self._admitted)
+        self.metrics.exec_waiting.set_function(lambda: self.workers.lending)
+        for bound, value in (("workers", config.workers), ("wait_workers", config.wait_workers),
+                             ("table_elements", config.table_elements),
+                             ("max_tables", MAX_TABLES)):
+            self.metrics.sandbox_limit.labels(bound).set(value)
         self.node_id = f"{socket.gethostname()}:{config.port}"
         self.events = EventLog()
         self.calllog = CallLog(lambda: self.node_id, on_drop=lambda reason, n:
@@ -368,9 +373,11 @@ class Node:
         check_name(name)
         m = self.store.current(name)
         mesh = self.mesh
-        if mesh is not None and (m is None or mesh.fetcher.newer_pending(name, m)
-                                 or mesh.outdated(name, m) is not None):
-            m = await mesh.obtain(name)
+        if mesh is not None:
+            if m is None or mesh.fetcher.newer_pending(name, m):
+                m = await mesh.obtain(name)
+            # A newer version this agent refused, or whose fetch failed, is not waited
+            # for (nor synced for, on every call): the call goes to a holder at once.
             newer = mesh.outdated(name, m) if m is not None else None
             if newer is not None and forwarded:
                 raise versions.unavailable(newer, mesh.versions.refused(newer))

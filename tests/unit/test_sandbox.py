@@ -316,3 +316,72 @@ def test_stderr_sink_gets_the_sample_modules_message(sandbox: Sandbox) -> None:
     sandbox.call(manifest(DOUBLE, "double", "export", "double"), lambda: DOUBLE, 2, None,
                  stderr=export_sink)
     assert export_sink == b""  # an export call has no stderr
+
+
+# ------------------------------------------------------------------------------ containment
+def test_the_epoch_ticker_parks_when_idle_and_deadlines_still_hold(sandbox: Sandbox) -> None:
+    """An idle agent pays nothing for the ticker (it woke every 5 ms: 0.0285 core); a
+    call after a long idle period still times out at its limit, not at once or late."""
+    import time
+
+    from agents import wait_for
+    from nebula_edge.sandbox.engine import LINGER_S
+
+    wait_for(lambda: not sandbox.engines.ticking, timeout=LINGER_S + 2)
+    t0 = time.monotonic()
+    with pytest.raises(ExecTimeout):
+        call(sandbox, LOOP, "loop", limits=Limits(timeout_ms=200))
+    took = time.monotonic() - t0
+    assert 0.2 <= took < 0.25 + 0.05, took
+    assert sandbox.engines.ticking  # the call woke it
+    wait_for(lambda: not sandbox.engines.ticking, timeout=LINGER_S + 2)
+
+
+def test_more_than_four_tables_are_refused(sandbox: Sandbox) -> None:
+    five = wasmtime.wat2wasm("(module " + "(table 1 funcref) " * 5
+                             + "(func (export \"f\") (result i32) (i32.const 1)))")
+    with pytest.raises(InvalidModule, match="5 tables"):
+        sandbox.inspect(five, "f", None, None)
+    four = wasmtime.wat2wasm("(module " + "(table 1 funcref) " * 4
+                             + "(func (export \"f\") (result i32) (i32.const 1)))")
+    assert call(sandbox, four, "f") == {"result": 1}
+
+
+@pytest.mark.parametrize(("wat", "feature"), [
+    ("(module (memory 1) (memory 1))", "multi-memory"),
+    ("(module (memory 1 2 shared))", "threads"),
+    ("(module (memory i64 1))", "memory64"),
+    ("(module (type (struct (field i32))))", "GC"),
+    ("(module (tag) (func (throw 0)))", "exception handling"),
+])
+def test_uncounted_features_are_refused_naming_the_feature(
+        sandbox: Sandbox, wat: str, feature: str) -> None:
+    with pytest.raises(InvalidModule, match=feature) as info:
+        sandbox.inspect(wasmtime.wat2wasm(wat), "m", "export", None)
+    assert info.value.details["feature"].startswith(feature)
+
+
+def test_reference_types_and_bulk_memory_still_work(sandbox: Sandbox) -> None:
+    wasm = wasmtime.wat2wasm("""
+    (module (memory (export "memory") 1) (table 4 funcref)
+      (func $one (result i32) (i32.const 1)) (elem declare func $one)
+      (func (export "f") (result i32)
+        (memory.fill (i32.const 0) (i32.const 7) (i32.const 100))
+        (memory.copy (i32.const 200) (i32.const 0) (i32.const 100))
+        (table.set (i32.const 2) (ref.func $one))
+        (i32.add (i32.load8_u (i32.const 250))
+                 (call_indirect (result i32) (i32.const 2)))))""")
+    assert call(sandbox, wasm, "f") == {"result": 8}
+
+
+def test_a_changed_c_api_fails_fast_naming_the_wasmtime_version(
+        cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nebula_edge.sandbox import call as sandbox_call
+    from nebula_edge.sandbox.selftest import SandboxSelfTestFailed
+
+    def changed(*a: object) -> None:
+        raise AttributeError("'module' object has no attribute 'wasmtime_store_new'")
+
+    monkeypatch.setattr(sandbox_call, "_store_new", changed)
+    with pytest.raises(SandboxSelfTestFailed, match=f"wasmtime-py {WASMTIME_VERSION}"):
+        Sandbox(cache_dir, CFG.default_limits, CFG.max_limits)

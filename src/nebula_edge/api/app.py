@@ -313,4 +313,6 @@ def make_app(node: Node) -> web.Application:
     app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/debug/echo", echo)
     ui.register(app, node, require_token)  # /ui, /ui/state, /ui/events, /modules/{name}/logs
+    from nebula_edge.api import pieces  # it imports this module: NODE, require_token
+    pieces.add_routes(app)
     return app

@@ -7,9 +7,9 @@ discoveries into store changes, and local changes into gossip.
 * **Announce**: a deploy, rollback or delete is published on ``TOPIC`` (small modules
   inline). A receiver verifies the message, then the bytes (sha256, size, compiles with
   the manifest's ABI and export) before storing anything.
-* **Fetch** (``net/fetch.py``): bytes not inline are pulled over ``BLOB_PROTOCOL`` from
-  the announcer, else any peer known to hold them, verified and compiled before they are
-  stored.
+* **Fetch** (``net/fetch.py``): bytes not inline are pulled in pieces over HTTP from
+  every peer that holds them (``api/pieces.py``), verified and compiled before they are
+  stored. ``BLOB_PROTOCOL`` is still served, for agents of earlier versions.
 * **Sync**: on every new connection and every ``sync_interval_s``, digests are compared
   and differing sets exchanged (``mesh/state.py``): an agent that starts late, restarts
   or was cut off converges without anyone deploying again.
@@ -81,16 +81,17 @@ class MeshService:
         self._events: asyncio.Queue[P2PEvent] = P2PHost.event_queue()  # bounded, counted
         self._tasks: set[asyncio.Task[Any]] = set()
         self.fetcher = Fetcher(store, sandbox, metrics, self.table, self._request,
-                               self._reject, self._stored_from)
+                               self._reject, self._stored_from, token=config.token)
         self._joined = asyncio.Event()
         """Set once the first peer has connected (obtain() waits for it on a new agent)."""
         self._started = time.monotonic()
         self._last_dial: dict[str, float] = {}
         self._untrusted: set[str] = set()
-        self._too_big: set[str] = set()
+        self._too_big = versions.Once()
+        """Ids of versions this agent refused to hold (counted and logged once each)."""
         self.versions = versions.VersionBook()
         """The mesh's best version per name, refused ones included (the exec decision)."""
-        self._held = versions.HeldBack()
+        self._held = versions.Once()
         metrics.version_book_names.set_function(lambda: len(self.versions))
         self._syncing: dict[str, asyncio.Task[None]] = {}
         self._sync_began: dict[str, float] = {}
@@ -169,6 +170,7 @@ class MeshService:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._http is not None:
             await self._http.close()
+        await self.fetcher.close()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.p2p.stop)
 
@@ -349,11 +351,13 @@ class MeshService:
                         versions.record_time(rec) - time.time(), versions.MAX_FUTURE_S)
         return True
 
-    def _refused(self, m: Manifest, reason: str) -> None:
+    def _refused(self, m: Manifest, reason: str) -> bool:
+        """Note a version this agent will not hold; True the first time (to log it)."""
         self.versions.note(m, refused=reason)
-        if m.id not in self._too_big:
-            self._too_big.add(m.id)
-            self.metrics.peer_refused_total.labels(reason).inc()
+        if not self._too_big.first_time(m.id):
+            return False
+        self.metrics.peer_refused_total.labels(reason).inc()
+        return True
 
     def outdated(self, name: str, held: Manifest) -> Manifest | None:
         """The mesh's winning version of ``name`` if it is newer than ``held``."""
@@ -365,21 +369,22 @@ class MeshService:
         Every version a peer offers is noted in ``versions``, refused ones too."""
         if self._held_back(m):
             return False
-        if not self.store.has_room(m.name):
-            self._refused(m, "max_modules")
+        if not self.store.has_room(m.name):  # not noted: calls for it are forwarded anyway
+            if self._too_big.first_time(m.id):
+                self.metrics.peer_refused_total.labels("max_modules").inc()
+                log.info("not taking %s from a peer: this agent holds its maximum of %d "
+                         "modules; calls are forwarded", m.name, self.config.max_modules)
             return False
         self.versions.note(m)
         if m.size > self.config.max_module_size:
-            if m.id not in self._too_big:
-                self._refused(m, "too_big")
+            if self._refused(m, "too_big"):
                 log.info("not fetching %s v%d: %d bytes is over -max-module-size %d; calls "
                          "are forwarded", m.name, m.version, m.size, self.config.max_module_size)
             return False
         try:
             self.sandbox.effective_limits(m.limits)
         except NebulaError:
-            if m.id not in self._too_big:
-                self._refused(m, "over_limits")
+            if self._refused(m, "over_limits"):
                 log.info("not fetching %s v%d: its limits exceed this agent's maxima; calls "
                          "are forwarded", m.name, m.version)
             return False
