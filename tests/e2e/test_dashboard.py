@@ -135,3 +135,42 @@ def test_dashboard_state_is_json(agent_factory: AgentPool) -> None:
     assert status == 404, err
     status, err, _ = a.get("/ui/state?events=x")
     assert status == 400 and err["error"]["code"] == "bad_request", err
+
+
+def test_dashboard_changes_need_the_token(agent_factory: AgentPool, browser: Any,
+                                          tmp_path: Path) -> None:
+    """With -token the page offers deploy, roll back and delete; the API checks the token
+    typed into the page. Without -token the page has no such controls (read-only)."""
+    a = agent_factory("-token", "s3cret")
+    wasm = tmp_path / "triple.wasm"
+    wasm.write_bytes(TRIPLE)
+    page = browser.new_page()
+    page.on("dialog", lambda d: d.accept())  # the delete confirmation
+    page.goto(a.url + "/ui")
+    page.wait_for_selector("#actions:not([hidden])", timeout=10_000)
+    page.fill("#deploy-name", "byhand")
+    page.set_input_files("#deploy-file", str(wasm))
+    page.fill("#token", "wrong")
+    page.click("#deploy")
+    page.wait_for_selector("#action-msg.bad:has-text('unauthorized')", timeout=5_000)
+    page.fill("#token", "s3cret")
+    page.click("#deploy")
+    page.wait_for_selector('#modules tr[data-module="byhand"][data-version="1"]',
+                           timeout=SHOWN_MS)
+    page.click("#deploy")  # the same bytes again: a new version
+    page.wait_for_selector('#modules tr[data-module="byhand"][data-version="2"]',
+                           timeout=SHOWN_MS)
+    page.click('#modules button[data-action="rollback"][data-name="byhand"]')
+    page.wait_for_selector('#modules tr[data-module="byhand"][data-version="3"]',
+                           timeout=SHOWN_MS)
+    assert a.exec("byhand", 5)[1] == {"result": 15}
+    page.click('#modules button[data-action="delete"][data-name="byhand"]')
+    page.wait_for_selector('#modules tr[data-module="byhand"]', state="detached",
+                           timeout=SHOWN_MS)
+    assert "byhand" not in a.module_names()
+
+    b = agent_factory()  # no token: read-only
+    page.goto(b.url + "/ui")
+    page.wait_for_selector('#live[data-state="live"]', timeout=10_000)
+    assert page.is_hidden("#actions")
+    assert page.locator("#modules button").count() == 0

@@ -2,8 +2,9 @@
 (``/ui/events``, Server-Sent Events), and per-function logs (``/modules/{name}/logs``).
 
 The page is one HTML file, one script and one stylesheet shipped in the package
-(``api/static/``): no CDN, no build step, works offline and at phone width. It is read-only:
-changes go through the API or ``nebctl`` (where ``-token`` and ``-trust`` guard them).
+(``api/static/``): no CDN, no build step, works offline and at phone width. It is
+read-only unless the agent has a ``-token``: then it offers deploy, roll back and delete,
+sent to the API with the token the person types (the API checks it, as for nebctl).
 
 What the page shows is this agent's view of the mesh: itself and every peer the mesh
 lists (``GET /peers``), what versions each holds (from sync answers), the modules with
@@ -150,7 +151,7 @@ class Dashboard:
         return {
             "agent": {"id": node.node_id, "status": health["status"],
                       "version": health["version"], "uptime_s": health["uptime_s"],
-                      "open": health["open"]},
+                      "open": health["open"], "token_required": bool(node.config.token)},
             "generated_at": now,
             "rate_window_s": RATE_WINDOW_S,
             "agents": agents,

@@ -66,7 +66,11 @@
         '<td class="num">' + num(m.calls_per_s) + "</td>" +
         '<td class="num wide">' + num(m.p50_ms, " ms") + "</td>" +
         '<td class="num">' + num(m.p99_ms, " ms") + "</td>" +
-        '<td class="num">' + num(m.errors_per_s) + "/s \u00b7 " + esc(m.errors_total) + "</td></tr>";
+        '<td class="num">' + num(m.errors_per_s) + "/s \u00b7 " + esc(m.errors_total) + "</td>" +
+        (st.agent.token_required ? '<td class="act">' +
+          '<button data-action="rollback" data-name="' + esc(m.name) + '">roll back</button>' +
+          '<button data-action="delete" data-name="' + esc(m.name) + '">delete</button></td>'
+          : "") + "</tr>";
     }).join("") || '<tr><td colspan="8" class="muted">no modules yet: nebctl -wasm FILE -name NAME</td></tr>';
     $("#events").innerHTML = st.events.map(function (e) {
       var what = esc(e.kind);
@@ -78,6 +82,10 @@
         esc(new Date(e.at * 1000).toLocaleTimeString()) + "</span> " + what + "</li>";
     }).join("") || '<li class="muted">nothing yet</li>';
     $("#updated").textContent = new Date(now * 1000).toLocaleTimeString();
+    var act = !!st.agent.token_required;
+    $("#actions").hidden = !act;
+    $("#modules th.act").hidden = !act;
+    $("#mode").textContent = act ? "Changes need the agent's token." : "Read-only.";
     document.body.dataset.generated = String(now);
   }
 
@@ -102,6 +110,52 @@
       .catch(function () { setLive("reconnecting"); })
       .then(function () { setTimeout(poll, 2000); });
   }
+
+  // Changes, only offered when the agent has a token: the API checks it, as for nebctl.
+  function say(text, good) {
+    var el = $("#action-msg");
+    el.textContent = text;
+    el.className = "small " + (good ? "good" : "bad");
+  }
+  function token() {
+    var t = $("#token").value;
+    sessionStorage.setItem("nebula-edge-token", t);
+    return t;
+  }
+  function change(method, path, body, type) {
+    var headers = {"Authorization": "Bearer " + token()};
+    if (type) headers["Content-Type"] = type;
+    return fetch(path, {method: method, headers: headers, body: body})
+      .then(function (r) {
+        return r.json().then(function (j) {
+          if (!r.ok) throw new Error(j.error ? j.error.code + ": " + j.error.message : r.status);
+          return j;
+        });
+      });
+  }
+  $("#token").value = sessionStorage.getItem("nebula-edge-token") || "";
+  $("#deploy-form").addEventListener("submit", function (ev) {
+    ev.preventDefault();
+    var name = $("#deploy-name").value.trim();
+    var file = $("#deploy-file").files[0];
+    if (!name || !file) { say("give a module name and a .wasm file", false); return; }
+    file.arrayBuffer().then(function (buf) {
+      return change("PUT", "/modules/" + encodeURIComponent(name), buf, "application/wasm");
+    }).then(function (j) {
+      say("deployed " + j.module.name + " v" + j.module.version, true);
+    }).catch(function (e) { say("deploy refused: " + e.message, false); });
+  });
+  $("#modules").addEventListener("click", function (ev) {
+    var b = ev.target.closest("button[data-action]");
+    if (!b) return;
+    var name = b.dataset.name, action = b.dataset.action;
+    if (action === "delete" && !window.confirm("Delete " + name + " on every agent?")) return;
+    var path = "/modules/" + encodeURIComponent(name) + (action === "rollback" ? "/rollback" : "");
+    change(action === "rollback" ? "POST" : "DELETE", path).then(function (j) {
+      say(action === "rollback" ? "rolled " + name + " back: now v" + j.module.version
+        : "deleted " + name, true);
+    }).catch(function (e) { say(action + " refused: " + e.message, false); });
+  });
 
   connect();
 })();
