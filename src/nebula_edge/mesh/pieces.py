@@ -238,8 +238,8 @@ class Transfer:
     def requests(self, now: float) -> list[tuple[int, str]]:
         """Pieces to ask for now, and from whom, marked in flight. Rarest first (ties at
         random), so that receivers spread different pieces and serve each other; from
-        the least busy holder, and a partial holder before a full one, so that the
-        agent that deployed the module sends each piece about once."""
+        a partial holder before a full one, then the least busy, so that the agent that
+        deployed the module sends each piece about once."""
         budget = MAX_IN_FLIGHT - len(self.in_flight)
         if budget <= 0:
             return []
@@ -263,7 +263,7 @@ class Transfer:
             holders = [peer for peer, p in usable.items() if i in p.have]
             if not holders:
                 continue
-            peer = min(holders, key=lambda q: (usable[q].in_flight, usable[q].complete,
+            peer = min(holders, key=lambda q: (usable[q].complete, usable[q].in_flight,
                                                self.rng.random()))
             p = usable[peer]
             p.in_flight += 1
