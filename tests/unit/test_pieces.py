@@ -69,7 +69,7 @@ def test_rarest_first_spreads_over_holders_and_caps_in_flight() -> None:
     for _, peer in reqs:
         per_peer[peer] = per_peer.get(peer, 0) + 1
     assert all(n <= pc.PER_PEER_IN_FLIGHT for n in per_peer.values())
-    assert len(reqs) == 6  # 3 holders x 2 each
+    assert len(reqs) == 5  # 2 from each partial holder, 1 from the seed
     asked = dict(reqs)
     # Pieces 0-2 are held by three agents, 3 by two, the rest by the seed alone: the
     # seed is asked for pieces only it holds; the partial holders serve the common ones.
@@ -115,7 +115,7 @@ def test_busy_holder_is_backed_off_briefly_and_bad_one_banned() -> None:
 def test_missing_piece_is_forgotten_for_that_holder() -> None:
     t = xfer(2 * MiB)
     t.peer_has("a", None)
-    (i, p), *_ = t.requests(0.0)
+    (i, _), *_ = t.requests(0.0)
     t.piece_failed(i, 0.0, "missing")
     assert i not in t.peers["a"].have and not t.peers["a"].complete
 
@@ -227,3 +227,24 @@ def test_partial_file_resumes_and_verifies(tmp_path: Path) -> None:
     assert file_sha256(store.blob_path(sha)) == sha
     assert ps.serving(sha) == (store.blob_path(sha), None)
     assert ps.table(sha, pc.PIECE_SIZE) == table
+
+
+def test_seed_sends_a_piece_twice_per_window() -> None:
+    s = pc.SeedLimit()
+    assert s.admit("a", 0, 0.0) and s.admit("a", 0, 0.1)
+    assert not s.admit("a", 0, 0.2)
+    assert s.admit("a", 1, 0.2)  # another piece
+    assert s.admit("a", 0, pc.SEED_WINDOW_S + 0.05)  # the window moved on
+    for i in range(pc.SEED_TRACK_MAX + 10):
+        s.admit("b", i, 1.0)
+    assert len(s) <= pc.SEED_TRACK_MAX
+
+
+def test_a_full_holder_is_asked_less_while_partial_holders_can_serve() -> None:
+    t = xfer(8 * MiB)
+    t.peer_has("seed", None)
+    assert len(t.requests(0.0)) == pc.PER_PEER_IN_FLIGHT  # the only holder
+    u = xfer(8 * MiB)
+    u.peer_has("seed", None)
+    u.peer_has("p", frozenset({7}))
+    assert [p for _, p in u.requests(0.0)].count("seed") == pc.PER_SEED_IN_FLIGHT
