@@ -14,7 +14,9 @@ Scenarios (``--scenarios``, default all three):
 * ``big``: ``--big-hosts`` (5) hosts with ``-max-module-size`` raised; a ``--big-size``
   (200 MiB) module deployed to host 1. Measured: seconds until every host holds it, and
   each agent's RSS (``/proc/<pid>/status`` VmRSS every 0.1 s): idle before the deploy, peak
-  during the transfer (until the host holds the module), peak overall.
+  during the transfer (a receiver: until its log says ``fetched``, the bytes verified on
+  disk; host 1: from its deploy answer until every receiver fetched), and peak overall
+  (which includes compiling the module: the sandbox reads it whole).
 * ``cut``: 5 hosts, host 1's uplink limited to ``--cut-rate`` (tc tbf) so a
   ``--cut-size`` (64 MiB) transfer takes seconds; when the receivers hold half of the
   pieces between them, host 1 (the only full holder) is cut off its bridge, then healed
@@ -136,21 +138,31 @@ def fanout(args: argparse.Namespace) -> dict[str, Any]:
 
 
 class RssSampler:
+    """Every agent's VmRSS every 0.1 s, with the wall-clock time of each sample."""
+
     def __init__(self, pids: dict[int, int]) -> None:
         self.pids = pids
-        self.peak = {i: 0 for i in pids}
-        self.peak_transfer = {i: 0 for i in pids}
-        self.holding: set[int] = set()
+        self.samples: dict[int, list[tuple[float, int]]] = {i: [] for i in pids}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self) -> None:
         while not self.stop.wait(0.1):
             for i, pid in self.pids.items():
-                r = rss(pid)
-                self.peak[i] = max(self.peak[i], r)
-                if i not in self.holding:
-                    self.peak_transfer[i] = max(self.peak_transfer[i], r)
+                self.samples[i].append((time.time(), rss(pid)))
+
+    def peak(self, i: int, start: float = 0.0, end: float = float("inf")) -> int:
+        return max((r for t, r in self.samples[i] if start <= t <= end), default=0)
+
+
+def log_time(lab: Lab, i: int, needle: str) -> float | None:
+    """Wall-clock time of the first log line of host ``i`` containing ``needle``."""
+    for line in lab.log(i).splitlines():
+        if needle in line:
+            stamp = line[:23]  # "2026-12-03 09:31:46,800"
+            t = time.mktime(time.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S"))
+            return t + int(stamp[20:23]) / 1000
+    return None
 
 
 def big(args: argparse.Namespace) -> dict[str, Any]:
@@ -163,28 +175,36 @@ def big(args: argparse.Namespace) -> dict[str, Any]:
         data = module(args.big_size)
         sampler = RssSampler(pids)
         sampler.thread.start()
-        t0 = time.monotonic()
+        t0, wall0 = time.monotonic(), time.time()
         sha = deploy(lab, "swarm200", data)
         del data
-        deployed = time.monotonic() - t0
+        deployed, wall_deployed = time.monotonic() - t0, time.time()
         held: dict[int, float] = {}
         while len(held) < len(lab.hosts) and time.monotonic() - t0 < args.deadline * 4:
             for i in lab.hosts:
                 if i not in held and holds(lab, i, "swarm200", sha):
                     held[i] = round(time.monotonic() - t0, 2)
-                    sampler.holding.add(i)
             time.sleep(0.2)
         time.sleep(1)
         sampler.stop.set()
         sampler.thread.join()
-        mib = {i: round(idle[i] / MiB) for i in idle}
+        # A receiver's transfer phase: from the deploy until its log says "fetched" (the
+        # bytes are on disk and verified; compiling them follows). The deploying host's:
+        # from its deploy answer until the last receiver fetched.
+        fetched = {i: log_time(lab, i, "fetched swarm200") for i in lab.hosts if i != 1}
+        ends = [t for t in fetched.values() if t is not None]
+        transfer = {i: sampler.peak(i, wall0, fetched[i] or wall0) for i in fetched}
+        transfer[1] = sampler.peak(1, wall_deployed, max(ends, default=wall_deployed))
         return {"scenario": "big", "hosts": len(lab.hosts), "size_mib": args.big_size / MiB,
-                "deploy_s": round(deployed, 2), "all_hold_s": max(held.values(), default=None),
-                "every_host_holds": len(held) == len(lab.hosts), "idle_rss_mib": mib,
+                "deploy_s": round(deployed, 2),
+                "fetched_s": {i: round(t - wall0, 2) for i, t in fetched.items() if t},
+                "all_hold_s": max(held.values(), default=None),
+                "every_host_holds": len(held) == len(lab.hosts),
+                "idle_rss_mib": {i: round(idle[i] / MiB) for i in idle},
                 "transfer_peak_over_idle_mib": {
-                    i: round((sampler.peak_transfer[i] - idle[i]) / MiB) for i in idle},
+                    i: round((transfer[i] - idle[i]) / MiB) for i in sorted(transfer)},
                 "overall_peak_over_idle_mib": {
-                    i: round((sampler.peak[i] - idle[i]) / MiB) for i in idle}}
+                    i: round((sampler.peak(i) - idle[i]) / MiB) for i in idle}}
 
 
 def cut(args: argparse.Namespace) -> dict[str, Any]:
