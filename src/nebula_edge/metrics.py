@@ -60,6 +60,63 @@ class Metrics:
         self.quarantined_total = Counter(
             "nebula_edge_quarantined_total", "Blobs that failed verification on read",
             registry=r)
+        self.exec_waiting = Gauge(
+            "nebula_edge_exec_waiting",
+            "Calls waiting in a WASI sleep with their worker slot lent", registry=r)
+        self.sandbox_limit = Gauge(
+            "nebula_edge_sandbox_limit",
+            "Fixed sandbox bounds: workers, wait_workers, table_elements, max_tables",
+            ["bound"], registry=r)
+
+        self.held_back_total = Counter(
+            "nebula_edge_held_back_total",
+            "Records from peers dated more than 60 s ahead of this agent's clock, held back "
+            "(not stored; re-evaluated when sync offers them again), each counted once, by "
+            "kind (manifest, tombstone)", ["kind"], registry=r)
+        self.peer_refused_total = Counter(
+            "nebula_edge_peer_refused_total",
+            "Versions from peers this agent does not hold, each counted once, by reason "
+            "(too_big, over_limits, max_modules)", ["reason"], registry=r)
+        self.version_book_names = Gauge(
+            "nebula_edge_version_book_names",
+            "Names whose mesh-best version this agent remembers (bound 2000)", registry=r)
+        # Per-function logs, events and live views (calllog.py, events.py, api/ui.py).
+        self.call_log_entries = Gauge(
+            "nebula_edge_call_log_entries", "Call records and stderr lines held in the "
+            "per-module log rings (memory only)", registry=r)
+        self.call_log_entries_limit = Gauge(
+            "nebula_edge_call_log_entries_limit", "Most entries the log rings can hold "
+            "(LOG_MODULES x LOG_ENTRIES)", registry=r)
+        self.call_log_dropped_total = Counter(
+            "nebula_edge_call_log_dropped_total", "Log entries or bytes not kept, by reason "
+            "(stderr_lines, stderr_bytes, follower_slow, module_evicted)", ["reason"],
+            registry=r)
+        self.events = Gauge("nebula_edge_events", "Recent mesh events kept for the dashboard",
+                            registry=r)
+        self.streams = Gauge("nebula_edge_streams", "Open live streams, by kind (logs: "
+                             "?follow=1, ui: dashboard)", ["kind"], registry=r)
+        self.streams_limit = Gauge("nebula_edge_streams_limit", "Most live streams served "
+                                   "at once, by kind", ["kind"], registry=r)
+
+        # Large modules travel in pieces (net/fetch.py, api/pieces.py).
+        self.pieces_total = Counter(
+            "nebula_edge_pieces_total", "Module pieces by direction (sent, received) and "
+            "outcome (ok, busy, missing, bad, error)", ["direction", "outcome"], registry=r)
+        self.piece_bytes_total = Counter(
+            "nebula_edge_piece_bytes_total", "Module bytes moved in pieces, by direction "
+            "(sent, received)", ["direction"], registry=r)
+        self.uploads_in_flight = Gauge(
+            "nebula_edge_uploads_in_flight", "Pieces being sent to peers now (at most "
+            "MAX_UPLOADS)", registry=r)
+        self.partial_blobs = Gauge(
+            "nebula_edge_partial_blobs", "Module blobs being received piece by piece",
+            registry=r)
+        self.failed_versions = Gauge(
+            "nebula_edge_failed_versions", "Versions remembered as not compiling here (not "
+            "fetched again; at most FAILED_VERSIONS_MAX)", registry=r)
+        self.unavailable_blobs = Gauge(
+            "nebula_edge_unavailable_blobs", "Blobs no peer could serve, not asked for "
+            "again until their cooldown ends (at most UNAVAILABLE_MAX)", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
