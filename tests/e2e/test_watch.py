@@ -25,6 +25,7 @@ from agents import (
     connected,
     edge_env,
     p2p_addr,
+    peer_id,
     wait_for,
     with_custom_section,
 )
@@ -67,6 +68,11 @@ def test_watch_redeploys_on_change_to_every_agent(agent_factory: AgentPool,
         assert printed("deployed w v2"), seen
         assert printed("w v2 is on all 2 agents"), seen
         assert result(a, 5) == 15 and result(b, 5) == 15  # v2 runs on both
+        # GET /modules/{name}: per version, how many agents hold it and which (#12).
+        status, info, _ = a.get("/modules/w")
+        assert status == 200, info
+        v2 = next(v for v in info["versions"] if v["version"] == 2)
+        assert v2["peers"] == 2 and set(v2["holders"]) == {peer_id(a), peer_id(b)}, v2
         assert proc.poll() is None, seen
         src.write_bytes(times(3))  # rewritten, same bytes: nothing to deploy
         src.write_bytes(b"not wasm")  # a broken build: an error, the watch goes on
