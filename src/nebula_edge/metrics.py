@@ -157,6 +157,9 @@ class _MeshCollector(Collector):
                                 f["p2p_loop_lag"])
         yield CounterMetricFamily("nebula_edge_p2p_loop_stalls", "Times the libp2p loop "
                                   "was found blocked for 5 s or more", f["p2p_loop_stalls"])
+        yield CounterMetricFamily("nebula_edge_p2p_gossip_received", "Gossip messages "
+                                  "delivered by libp2p (valid for the topic validator)",
+                                  f["gossip_received"])
         dials = CounterMetricFamily("nebula_edge_mdns_candidate_dials", "Dials of peers "
                                     "found by mDNS, by outcome", labels=["outcome"])
         dials.add_metric(["ok"], f["candidate_dials"] - f["candidate_dial_failures"])

@@ -458,6 +458,7 @@ class Node:
             "candidate_dials": h.candidate_dials,
             "candidate_dial_failures": h.candidate_dial_failures,
             "requests_refused": h.requests_refused, "bounds": bounds,
+            "gossip_received": h.gossip_received,
         }
 
     def _mesh_health(self) -> tuple[list[str], dict[str, Any] | None]:

@@ -233,14 +233,9 @@ class MeshService:
             return
         if self.table.is_connected(peer.peer_id):
             return  # what we know over the connection wins over an unauthenticated answer
-        self.table.discovered(peer.peer_id, peer.p2p_addrs, peer.http_url, peer.version)
-        if not peer.p2p_addrs:
-            return
-        now = time.monotonic()
-        if now - self._last_dial.get(peer.peer_id, 0.0) < 2.0:
-            return
-        self._last_dial[peer.peer_id] = now
-        self.p2p.candidate(peer.peer_id, peer.p2p_addrs)  # dialled with backoff, expires
+        # Unauthenticated: nothing is kept here per answer; the host's candidate table is
+        # bounded, expires entries and dials them with backoff (net/candidates.py).
+        self.p2p.candidate(peer.peer_id, peer.p2p_addrs)
 
     def _dial(self, addr: str) -> None:
         fut = self.p2p.connect(addr)
@@ -311,8 +306,9 @@ class MeshService:
         m = msg.manifest
         if not self._trusted(m, peer) or self._held_back(m):
             return
-        self._names.setdefault(peer, set()).add(m.name)
-        self.table.add_holding(peer, m.sha256)
+        if self.table.is_connected(peer):  # origins are minted freely: no state for them
+            self._names.setdefault(peer, set()).add(m.name)
+            self.table.add_holding(peer, m.sha256)
         if not self._wanted(m):
             return
         if msg.wasm is not None and sha256_hex(msg.wasm) != m.sha256:
