@@ -316,10 +316,11 @@ class Node:
             self.mesh.announce(t)
         return t
 
-    async def rollback(self, name: str, signed: Signed | None = None) -> Manifest:
+    async def rollback(self, name: str, signed: Signed | None = None,
+                       restores: str | None = None) -> Manifest:
         """Make an older version current again, as a new version with its bytes: the one
-        a signed order names by id (``restores``), else the previous one. The new
-        manifest records which version it restores, by id."""
+        named by id (``restores``: the signed order's, or the caller's when unsigned),
+        else the previous one. The new manifest records which version it restores."""
         check_name(name)
         self._precheck(signed, "rollback")
         vs = self.store.versions(name)
@@ -328,11 +329,13 @@ class Node:
         if len(vs) < 2:
             raise ModuleNotFound(f"{name} has no previous version to roll back to")
         prev = vs[-2]
+        want = restores
         if signed is not None:
             want = signed.order.get("restores")
             if not isinstance(want, str):
                 raise Forbidden("a signed rollback order must name the version it restores "
                                 "by id (field 'restores'; nebctl -rollback signs it)")
+        if want is not None:
             match = [v for v in vs[:-1] if v.id == want]
             if not match:
                 kept = ", ".join(f"v{v.version} {v.id}" for v in reversed(vs[:-1]))

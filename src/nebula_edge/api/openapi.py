@@ -80,8 +80,14 @@ OPENAPI: dict[str, Any] = {
                                      "401": ERR, "403": ERR, "404": ERR}},
         },
         "/modules/{name}/rollback": {"post": {
-            "summary": "Make the previous version current again",
+            "summary": "Make an older version current again (the previous one, or the "
+                       "one named by id)",
             "parameters": [NAME_PARAM],
+            "requestBody": {"required": False, "content": {"application/json": {
+                "schema": {"type": "object", "properties": {
+                    "restores": {"type": "string", "description": "id of the kept version "
+                                 "to restore (unsigned requests; a signed order names it)"},
+                    "order": {"type": "object"}, "signature": {"type": "string"}}}}}},
             "responses": {"200": _json(_ref("ModuleResponse"), "Rolled back"), "400": ERR,
                           "401": ERR, "403": ERR, "404": ERR},
         }},

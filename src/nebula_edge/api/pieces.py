@@ -7,7 +7,9 @@
   piece ``i`` (206), sent from the file with ``sendfile``: nothing passes through Python.
 
 An agent sends at most ``MAX_UPLOADS`` pieces at once; past that it answers 503
-(``overloaded``) at once and the receiver asks another holder. Who may fetch: an agent
+(``overloaded``) at once and the receiver asks another holder. An agent holding the
+whole blob sends each piece at most twice in 2 s (``mesh.pieces.SeedLimit``,
+super-seeding): the receivers of the first copies serve the rest. Who may fetch: an agent
 started with ``-token`` asks for it on these routes too (its peers send their own
 ``-token``: a mesh shares one); content is verified by hash on the receiver, and with
 ``-trust`` only bytes of versions signed by a trusted key are ever stored, so served.
@@ -16,13 +18,14 @@ started with ``-token`` asks for it on these routes too (its peers send their ow
 from __future__ import annotations
 
 import asyncio
+import time
 
 from aiohttp import web
 
 from nebula_edge.api.app import NODE, require_token
 from nebula_edge.errors import BadRequest, NotFound, Overloaded
 from nebula_edge.manifest import SHA256_RE
-from nebula_edge.mesh.pieces import PIECE_SIZE, encode_info
+from nebula_edge.mesh.pieces import PIECE_SIZE, SeedLimit, encode_info
 from nebula_edge.node import Node
 from nebula_edge.store.pieces import PieceStore
 
@@ -31,6 +34,7 @@ MAX_UPLOADS = 4
 the fleet gets its pieces from the agents that hold them already (no one agent carries
 the fleet). Measured in bench/swarm.py."""
 UPLOADS = web.AppKey("piece_uploads", asyncio.Semaphore)
+SEEDING = web.AppKey("piece_seeding", SeedLimit)
 
 
 def _pieces(node: Node) -> PieceStore:
@@ -89,6 +93,10 @@ async def piece(request: web.Request) -> web.StreamResponse:
     if uploads.locked():
         metrics.pieces_total.labels("sent", "busy").inc()
         raise Overloaded(f"this agent is sending {MAX_UPLOADS} pieces already", retry_after=1)
+    if have is None and not request.app[SEEDING].admit(sha, i, time.monotonic()):
+        metrics.pieces_total.labels("sent", "seeded").inc()
+        raise Overloaded(f"piece {i} was sent twice a moment ago: ask its receivers",
+                         retry_after=1)
     async with uploads:
         metrics.uploads_in_flight.inc()
         try:
@@ -105,5 +113,6 @@ async def piece(request: web.Request) -> web.StreamResponse:
 
 def add_routes(app: web.Application) -> None:
     app[UPLOADS] = asyncio.Semaphore(MAX_UPLOADS)
+    app[SEEDING] = SeedLimit()
     app.router.add_get("/p2p/pieces/{sha}", piece_info)
     app.router.add_get("/p2p/pieces/{sha}/{i}", piece)

@@ -358,18 +358,19 @@ def run(argv: list[str] | None = None) -> int:
     elif a.rollback:
         quoted = urllib.parse.quote(a.rollback, safe="")
         signer = Signer(a.key, a.unsigned)
-        sign_headers: dict[str, str] = {}
-        if signer.priv is not None:
-            info, _ = c.call("GET", f"/modules/{quoted}")
-            if len(info["versions"]) < 2:
-                raise CliError(f"{a.rollback} has no previous version to roll back to")
-            prev = info["versions"][1]
-            sign_headers = signer.headers({"op": "rollback", "name": a.rollback,
-                                           "restores": prev["id"],
-                                           "sha256": prev["sha256"], "abi": prev["abi"],
-                                           "export": prev["export"], "limits": prev["limits"]},
-                                          info["current"]["deployed_at"])
-        out, _ = c.call("POST", f"/modules/{quoted}/rollback", headers=sign_headers)
+        # The version below the current one, named by id (numbers may differ per agent).
+        info, _ = c.call("GET", f"/modules/{quoted}")
+        if len(info["versions"]) < 2:
+            raise CliError(f"{a.rollback} has no previous version to roll back to")
+        prev = info["versions"][1]
+        sign_headers = signer.headers({"op": "rollback", "name": a.rollback,
+                                       "restores": prev["id"],
+                                       "sha256": prev["sha256"], "abi": prev["abi"],
+                                       "export": prev["export"], "limits": prev["limits"]},
+                                      info["current"]["deployed_at"])
+        out, _ = c.call("POST", f"/modules/{quoted}/rollback",
+                        None if sign_headers else json.dumps({"restores": prev["id"]}).encode(),
+                        headers=sign_headers)
         m = out["module"]
         text = f"rolled {m['name']} back: v{m['version']} now runs the bytes of v{m['rollback_of']}"
     elif a.health:
