@@ -13,13 +13,28 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from .helpers import DOUBLE, MiB, converge, current_sha, save, sha256, with_custom_section
+from nebula_edge.mesh.pieces import NOBODY_POLLS
+
+from .helpers import (
+    DOUBLE,
+    PIPES,
+    ROGUE,
+    MiB,
+    converge,
+    current_sha,
+    end_process,
+    node_addr,
+    save,
+    sha256,
+    with_custom_section,
+)
 from .lab import Lab, sweep_stale
 
 HOSTS = 4
@@ -49,7 +64,8 @@ def sent_by(lab: Lab, i: int) -> int:
 
 def metric(lab: Lab, i: int, name: str, labels: str) -> float:
     _, raw, _ = lab.agent(i).request("GET", "/metrics")
-    m = re.search(rf"^{name}{{{re.escape(labels)}}} (\S+)$", raw.decode(), re.MULTILINE)
+    sel = f"{{{re.escape(labels)}}}" if labels else ""
+    m = re.search(rf"^{name}{sel} (\S+)$", raw.decode(), re.MULTILINE)
     return float(m.group(1)) if m else 0.0
 
 
@@ -125,3 +141,43 @@ def test_cut_off_only_full_holder_resumes_from_pieces_held(swarm_lab: Lab) -> No
     assert len(done_early) < len(receivers), f"the cut came too late to test: {info}"
     for i in receivers:
         assert total[i] <= 1.25, f"h{i} received its module more than once: {info}"
+
+
+def sync_rounds(lab: Lab, i: int) -> float:
+    _, raw, _ = lab.agent(i).request("GET", "/metrics")
+    return sum(float(v) for v in re.findall(r"^nebula_edge_sync_total\{[^}]*\} (\S+)$",
+                                            raw.decode(), re.MULTILINE))
+
+
+def test_fake_announcements_cost_a_bounded_number_of_requests(swarm_lab: Lab) -> None:
+    """A peer announces 4 modules of 2 MiB that nobody has: each agent asks each other
+    agent at most 3 times per module (``NOBODY_POLLS``), then leaves them alone for a
+    cooldown; a sync round offering them again costs nothing."""
+    lab = swarm_lab
+    hosts = list(lab.hosts)
+    lies = 4
+    before = {i: metric(lab, i, "nebula_edge_pieces_total", 'direction="sent",outcome="absent"')
+              for i in hosts}
+    base = {i: metric(lab, i, "nebula_edge_unavailable_blobs", "") for i in hosts}
+    argv = [sys.executable, str(ROGUE), "-lies", str(lies), "-lie-size", str(2 * MiB),
+            "-linger", "60", *[node_addr(lab, i) for i in hosts]]
+    rogue = lab.spawn(2, argv, stdin=subprocess.PIPE, **PIPES)
+    try:
+        assert rogue.stdout is not None
+        report = json.loads(rogue.stdout.readline() or "{}")
+        assert len(report.get("connected", [])) == len(hosts), report
+        converge(lab, hosts, lambda i: metric(lab, i, "nebula_edge_unavailable_blobs", "")
+                 >= base[i] + lies, 30, "every agent gave up on the fake modules")
+        asked = {i: metric(lab, i, "nebula_edge_pieces_total",
+                           'direction="sent",outcome="absent"') - before[i] for i in hosts}
+        synced = {i: sync_rounds(lab, i) for i in hosts}
+        converge(lab, hosts, lambda i: sync_rounds(lab, i) >= synced[i] + len(hosts) - 1,
+                 30, "a sync round with every peer (it offers the fakes again)")
+        again = {i: metric(lab, i, "nebula_edge_pieces_total",
+                           'direction="sent",outcome="absent"') - before[i] for i in hosts}
+    finally:
+        end_process(rogue)
+    print(f"fake announcements: absent-piece requests per agent {asked}, after a sync {again}")
+    bound = lies * NOBODY_POLLS * (len(hosts) - 1)
+    assert all(n <= bound for n in again.values()), (again, bound)
+    assert again == asked, f"a sync round asked for the fakes again: {asked} -> {again}"

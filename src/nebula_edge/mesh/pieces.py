@@ -52,6 +52,7 @@ SEED_WINDOW_S = 2.0
 more than 2 s for it."""
 SEED_TRACK_MAX = 4096
 """(blob, piece) pairs remembered for ``SEED_COPIES`` (oldest dropped)."""
+EMPTY_POLL_S = 1.0
 EMPTY_POLL_MAX_S = 8.0
 """A peer that holds nothing of these bytes is asked again after 1, 2, 4, then 8 s."""
 BUSY_BACKOFF_S = 0.25
@@ -65,6 +66,9 @@ a cut one does (and the pieces held are kept for the next attempt)."""
 NOBODY_POLLS = 3
 """Rounds of asking every peer before a transfer nobody can serve gives up: a fake
 announcement costs each agent at most 3 small requests per peer (then a cooldown)."""
+NOBODY_WAIT_S = 5.0
+"""Nor before this long: a peer that has just connected (its HTTP address a moment away,
+and maybe the announcer) gets the time to be asked."""
 MAX_TABLE_BYTES = 4 * 1024 * 1024
 """A piece table of 60,000 hashes (60 GiB of module) fits; bounds a liar's answer."""
 
@@ -176,6 +180,7 @@ class Transfer:
     def __post_init__(self) -> None:
         self.n = piece_count(self.size)
         self.last_progress = self.now
+        self.started = self.now
 
     # ------------------------------------------------------------------ state
     @property
@@ -197,14 +202,14 @@ class Transfer:
     # ------------------------------------------------------------------ peers
     def polls_due(self, peers: list[str], now: float) -> list[str]:
         """Of the connected ``peers``, those to ask now which pieces they hold: never
-        asked, or asked ``POLL_S`` ago (backing off to ``EMPTY_POLL_MAX_S`` while they
-        hold nothing). A peer known to hold everything, or banned, is not asked again."""
+        asked, or asked ``POLL_S`` ago (1, 2, 4, 8 s apart while they hold nothing). A peer
+        known to hold everything, or banned, is not asked again."""
         out = []
         for peer in peers:
             p = self._peer(peer)
             if p.complete or p.banned:
                 continue
-            gap = min(EMPTY_POLL_MAX_S, POLL_S * 2 ** max(0, p.empty_polls - 1)) \
+            gap = min(EMPTY_POLL_MAX_S, EMPTY_POLL_S * 2 ** (p.empty_polls - 1)) \
                 if p.empty_polls else POLL_S
             if now - p.polled_at >= gap:
                 p.polled_at = now
@@ -235,11 +240,11 @@ class Transfer:
         """Peers known to hold every piece."""
         return [peer for peer, p in self.peers.items() if p.complete and not p.banned]
 
-    def unavailable(self, peers: list[str]) -> bool:
-        """Nobody can serve what is missing: every connected peer was asked at least
-        ``NOBODY_POLLS`` times and none holds a missing piece (or there are no peers
-        and nothing arrived for ``STALL_S``: see ``stalled``)."""
-        if not peers:
+    def unavailable(self, peers: list[str], now: float) -> bool:
+        """Nobody can serve what is missing: every peer that can be asked was asked at
+        least ``NOBODY_POLLS`` times, none holds a missing piece, and ``NOBODY_WAIT_S``
+        have passed (with no peers at all: ``stalled`` decides)."""
+        if not peers or now - self.started < NOBODY_WAIT_S:
             return False
         missing = set(self.missing())
         for peer in peers:
