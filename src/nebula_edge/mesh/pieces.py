@@ -205,10 +205,13 @@ class Transfer:
         asked, or asked ``POLL_S`` ago (1, 2, 4, 8 s apart while they hold nothing). A peer
         known to hold everything, or banned, is not asked again."""
         out = []
+        nothing_anywhere = not any(p.have for p in self.peers.values())
         for peer in peers:
             p = self._peer(peer)
             if p.complete or p.banned:
                 continue
+            if nothing_anywhere and p.empty_polls >= NOBODY_POLLS:
+                continue  # bytes nobody has: a peer is asked NOBODY_POLLS times at most
             gap = min(EMPTY_POLL_MAX_S, EMPTY_POLL_S * 2 ** (p.empty_polls - 1)) \
                 if p.empty_polls else POLL_S
             if now - p.polled_at >= gap:
