@@ -245,7 +245,7 @@ def test_seed_sends_a_piece_twice_per_window() -> None:
 def test_a_full_holder_is_asked_less_while_partial_holders_can_serve() -> None:
     t = xfer(8 * MiB)
     t.peer_has("seed", None)
-    assert len(t.requests(0.0)) == pc.PER_PEER_IN_FLIGHT  # the only holder
+    assert len(t.requests(0.0)) == pc.SOLE_SEED_IN_FLIGHT  # the only holder
     u = xfer(8 * MiB)
     u.peer_has("seed", None)
     u.peer_has("p", frozenset({7}))

@@ -34,6 +34,10 @@ MAX_IN_FLIGHT = 8
 busy from several holders; each piece streams to disk, so it does not cost memory."""
 PER_PEER_IN_FLIGHT = 2
 """Pieces asked from one partial holder at once: spreads a transfer over holders."""
+SOLE_SEED_IN_FLIGHT = 4
+"""Pieces asked from a full holder at once while nobody else has any piece this transfer
+misses: hides the round trip per piece (48 MiB, one sender, one receiver: 1.9 s from the
+deploy answer to running, against 2.4 s with 2)."""
 PER_SEED_IN_FLIGHT = 1
 """Pieces asked from one full holder at once while partial holders have pieces this
 transfer misses: the agent that deployed a module is asked by every receiver at once,
@@ -348,7 +352,9 @@ class Transfer:
 def _cap(p: PeerPieces, partials: bool) -> int:
     """Pieces in flight from ``p``: fewer from a full holder while partial holders have
     pieces this transfer misses."""
-    return PER_SEED_IN_FLIGHT if p.complete and partials else PER_PEER_IN_FLIGHT
+    if p.complete:
+        return PER_SEED_IN_FLIGHT if partials else SOLE_SEED_IN_FLIGHT
+    return PER_PEER_IN_FLIGHT
 
 
 class SeedLimit:
