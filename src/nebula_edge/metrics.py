@@ -101,7 +101,8 @@ class Metrics:
         # Large modules travel in pieces (net/fetch.py, api/pieces.py).
         self.pieces_total = Counter(
             "nebula_edge_pieces_total", "Module pieces by direction (sent, received) and "
-            "outcome (ok, busy, missing, bad, error)", ["direction", "outcome"], registry=r)
+            "outcome (ok, busy, seeded, missing, bad, error; sent/absent: asked which "
+            "pieces of bytes this agent does not hold)", ["direction", "outcome"], registry=r)
         self.piece_bytes_total = Counter(
             "nebula_edge_piece_bytes_total", "Module bytes moved in pieces, by direction "
             "(sent, received)", ["direction"], registry=r)

@@ -141,11 +141,14 @@ class Node:
             now[name] = m.version
             if self._seen.get(name) != m.version:
                 kind = "rollback" if m.rollback_of is not None else "deploy"
-                self.events.record(kind, module=name, version=m.version, sha256=m.sha256,
-                                   agent=m.publisher, via="mesh", **({"from": via} if via
-                                                                    else {}))
+                self.events.record(kind, at=min(m.deployed_at, time.time()), module=name,
+                                   version=m.version, sha256=m.sha256, agent=m.publisher,
+                                   via="mesh", **({"from": via} if via else {}))
         for name in self._seen.keys() - now.keys():
-            self.events.record("delete", module=name, via="mesh")
+            t = self.store.tombstone(name)
+            self.events.record("delete", at=min(t.deleted_at, time.time()) if t else None,
+                               module=name, via="mesh", **({"agent": t.publisher} if t
+                                                           else {}))
         self._seen = now
 
     def _local_change(self, kind: str, name: str, m: Manifest | None) -> None:

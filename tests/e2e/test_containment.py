@@ -74,7 +74,7 @@ def test_a_sleep_past_the_deadline_ends_the_call_at_once(agent: Agent) -> None:
         status, body, took = timed(agent, "sleep", ms)
         assert status == 504, body
         assert body["error"]["code"] == "exec_timeout", body
-        assert took < 0.5, took  # well under the 1 s limit + 50 ms
+        assert took < 0.9, took  # answered before the 1 s limit: it did not sleep (was 3 s)
     assert peak(agent) - rss < 16 * MiB
 
 
@@ -95,7 +95,7 @@ def test_sleeping_calls_do_not_starve_computing_calls(agent: Agent) -> None:
         time.sleep(0.2)  # let them reach poll_oneoff (the test measures what follows)
         status, body, took = timed(agent, "double-c", 21)
         assert (status, body) == (200, {"result": 42})
-        assert took < 0.3, took
+        assert took < 0.6, took  # was 1.2-2.8 s with the sleepers holding both workers
         assert (agent.metric("nebula_edge_exec_waiting") or 0) >= 1  # lent slots, visible
         for f in sleepers:
             s, b, t = f.result()
@@ -187,7 +187,7 @@ def test_an_output_flood_ends_at_the_cap(agent: Agent) -> None:
     status, body, took = timed(agent, "flood")
     assert status == 422, body
     assert body["error"]["code"] == "output_too_large", body
-    assert took < 0.5, took
+    assert took < 1.0, took  # milliseconds on a quiet machine; was the full 10 s
     assert peak(agent) - rss < 2 * MiB + 4 * MiB  # cap + 1 MiB, and allocator slack
 
 
@@ -195,5 +195,5 @@ def test_the_c_spew_sample_also_ends_at_the_cap(agent: Agent) -> None:
     deploy(agent, "spew-c", MIS / "spew.wasm", limits={"timeout_ms": 10_000})
     status, body, took = timed(agent, "spew-c")
     assert (status, body["error"]["code"]) == (422, "output_too_large"), body
-    assert took < 0.5, took
+    assert took < 1.0, took
     assert agent.get("/healthz")[0] == 200

@@ -108,6 +108,11 @@ def test_dashboard_live_in_a_browser(agent_factory: AgentPool, browser: Any) -> 
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=True)
 
+    # A delete made on B: the module leaves A's page, and A's events say so.
+    assert b.delete("/modules/dash")[0] == 200
+    page.wait_for_selector('#modules tr[data-module="dash"]', state="detached", timeout=5_000)
+    page.wait_for_selector('#events li[data-kind="delete"]', timeout=5_000)
+
     # An agent that stops is shown as lost, live.
     b.stop()
     page.wait_for_selector('#agents tr[data-status="lost"]', timeout=20_000)

@@ -17,6 +17,8 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 ERR = _json(_ref("Error"), "Error")
+_SHA_PARAM = {"name": "sha", "in": "path", "required": True,
+              "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}
 _HTML = {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}
 NAME_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 NAME_PARAM = {"name": "name", "in": "path", "required": True,
@@ -135,6 +137,29 @@ OPENAPI: dict[str, Any] = {
             "x-nebula-stream": True,
             "responses": {"200": {"description": "Event stream", "content": {
                 "text/event-stream": {"schema": {"type": "string"}}}}, "503": ERR}}},
+        "/p2p/pieces/{sha}": {"get": {
+            "summary": "Between agents: the piece table of a blob held here (size, piece "
+                       "size, each piece's sha256; 'have' while still receiving it)",
+            "parameters": [_SHA_PARAM,
+                           {"name": "table", "in": "query", "required": False,
+                            "description": "0 leaves the piece hashes out",
+                            "schema": {"type": "string", "enum": ["0", "1"]}}],
+            "responses": {"200": _json({"type": "object", "properties": {
+                "v": {"type": "integer"}, "size": {"type": "integer"},
+                "piece_size": {"type": "integer"},
+                "hashes": {"type": "array", "items": {"type": "string"}},
+                "have": {"type": "string"}}}, "Piece table"),
+                "400": ERR, "401": ERR, "404": ERR}}},
+        "/p2p/pieces/{sha}/{i}": {"get": {
+            "summary": "Between agents: piece i of a blob, asked for with Range: bytes= its "
+                       "span (206); 503 while this agent sends its most pieces at once",
+            "parameters": [_SHA_PARAM,
+                           {"name": "i", "in": "path", "required": True,
+                            "schema": {"type": "integer", "minimum": 0}}],
+            "responses": {"206": {"description": "The piece's bytes", "content": {
+                "application/octet-stream": {"schema": {"type": "string",
+                                                        "format": "binary"}}}},
+                "400": ERR, "401": ERR, "404": ERR, "416": ERR, "503": ERR}}},
         "/peers": {"get": {"summary": "Connected peers",
                            "responses": {"200": _json({"type": "object"}, "Peers")}}},
         "/healthz": {"get": {"summary": "Liveness and a summary",

@@ -58,6 +58,7 @@ async def piece_info(request: web.Request) -> web.Response:
     sha = _sha(request)
     serving = pieces.serving(sha)
     if serving is None:
+        node.metrics.pieces_total.labels("sent", "absent").inc()
         raise NotFound(f"no piece of {sha[:12]} here")
     want_table = request.query.get("table", "1") != "0"
     table = await asyncio.get_running_loop().run_in_executor(

@@ -11,6 +11,9 @@ is announced.
   serves what it holds at once. Neither side holds a whole module in memory for this.
 * A transfer fails only when nothing arrived for ``STALL_S``; its pieces are kept, and
   the next attempt (the next sync) resumes from them, from whichever peers hold them.
+* Bytes up to ``STREAM_MAX`` (1 MiB) are first asked for in one request over the libp2p
+  connection (``BLOB_PROTOCOL``), as before pieces: a peer that has just connected is
+  asked before its HTTP address is known.
 * At most ``FETCH_CONCURRENCY`` transfers at once.
 * Fetched bytes must have the announced size and sha256, and every manifest naming them
   must compile with its ABI and export, before the blob and manifests are stored. A
@@ -26,6 +29,7 @@ executor.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -37,6 +41,7 @@ import aiohttp
 from nebula_edge.errors import BadRequest, NebulaError
 from nebula_edge.manifest import Manifest
 from nebula_edge.mesh import pieces as pc
+from nebula_edge.mesh import wire
 from nebula_edge.mesh.state import PeerTable, newest_first
 from nebula_edge.metrics import Metrics
 from nebula_edge.sandbox import Sandbox
@@ -47,6 +52,11 @@ log = logging.getLogger(__name__)
 
 FETCH_CONCURRENCY = 4
 """Transfers at once (each asks for up to ``mesh.pieces.MAX_IN_FLIGHT`` pieces)."""
+STREAM_MAX = 1024 * 1024
+"""Bytes up to one piece are first asked for in one request over the libp2p connection
+(``BLOB_PROTOCOL``, from the announcer, then known holders): no HTTP address is needed,
+so a late joiner runs a small module as fast as before pieces; 1 MiB in memory is
+fine. If that fails, the piece transfer follows."""
 PIECE_IDLE_S = 10.0
 """A piece request with no byte for this long fails (its holder is backed off)."""
 TICK_S = 0.1
@@ -151,6 +161,12 @@ class Fetcher:
                 return await self._settle(sha, None, "store", "self")
             if data is not None:
                 return await self._settle(sha, data, "gossip", prefer or "?")
+            if m.size <= STREAM_MAX:
+                for peer in self._candidates(m.sha256, prefer):
+                    async with self._fetch_sem:
+                        data = await self._fetch_from(peer, m)
+                    if data is not None:
+                        return await self._settle(sha, data, "fetch", peer)
             async with self._fetch_sem:
                 got = await self._swarm(m, prefer)
             if got is None:
@@ -211,6 +227,26 @@ class Fetcher:
             self._stored_from(peer)
         return bool(added)
 
+    def _candidates(self, sha: str, prefer: str | None) -> list[str]:
+        """Whom to ask for small bytes in one request: known holders (``prefer`` first),
+        else ``prefer`` if connected."""
+        return self.table.holders(sha, prefer) or (
+            [prefer] if prefer and self.table.is_connected(prefer) else [])
+
+    async def _fetch_from(self, peer: str, m: Manifest) -> bytes | None:
+        try:
+            data = await self._request(peer, wire.BLOB_PROTOCOL, m.sha256.encode(), 10, m.size)
+        except Exception as e:
+            self.metrics.fetch_total.labels("error").inc()
+            log.info("fetch %s from %s failed: %s", m.sha256[:12], peer, e or type(e).__name__)
+            return None
+        if len(data) != m.size or hashlib.sha256(data).hexdigest() != m.sha256:
+            self.metrics.fetch_total.labels("bad_hash").inc()
+            self._reject("hash_mismatch", peer, f"fetched bytes for {m.sha256[:12]}")
+            return None
+        self.metrics.fetch_total.labels("ok").inc()
+        return data
+
     # ------------------------------------------------------------------ pieces
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None:
@@ -221,11 +257,9 @@ class Fetcher:
                                               sock_read=PIECE_IDLE_S))
         return self._http
 
-    def _peers(self) -> tuple[list[str], dict[str, str]]:
-        """Connected peers, and the HTTP URL of those whose URL is known."""
-        peers = [r.peer_id for r in self.table.connected_peers()]
-        urls = {r.peer_id: r.http_url for r in self.table.connected_peers() if r.http_url}
-        return peers, urls
+    def _peers(self) -> dict[str, str]:
+        """Connected peers whose HTTP URL is known, and that URL."""
+        return {r.peer_id: r.http_url for r in self.table.connected_peers() if r.http_url}
 
     async def _swarm(self, m: Manifest, prefer: str | None) -> tuple[Path, str] | None:
         """Fetch ``m``'s bytes in pieces; the verified file and a peer that served it, or
@@ -244,7 +278,7 @@ class Fetcher:
         try:
             while not xfer.done:
                 now = loop.time()
-                peers, urls = self._peers()
+                urls = self._peers()
                 for gone in [p for p in xfer.peers if p not in urls]:
                     xfer.peer_gone(gone)
                 ordered = sorted(urls, key=lambda p: p != prefer)
@@ -261,7 +295,7 @@ class Fetcher:
                                 "the next attempt", m.name, sha[:12], len(xfer.have), xfer.n)
                     self.metrics.fetch_total.labels("stalled").inc()
                     return None
-                if not xfer.in_flight and xfer.unavailable(peers) and \
+                if not xfer.in_flight and xfer.unavailable(list(urls), now) and \
                         all(t.done() for t in running):
                     log.info("fetch of %s (%s): no peer holds the missing pieces; not asked "
                              "for again for a while", m.name, sha[:12])

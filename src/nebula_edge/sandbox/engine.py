@@ -143,7 +143,8 @@ class Engines:
             self._engines[flavor] = engine
             self._linkers[flavor] = linker
         self._stop = False
-        self._cv = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
         self._active = 0
         self._entered = 0
         self._parked = False
@@ -151,17 +152,22 @@ class Engines:
         self._ticker.start()
 
     def enter(self) -> None:
-        """A call starts: the ticker must run (woken if parked). Cheap: one lock."""
-        with self._cv:
-            self._active += 1
-            self._entered += 1
-            if self._parked:
-                self._parked = False
-                self._cv.notify()
+        """A call starts: the ticker must run (woken if parked). One uncontended lock,
+        taken directly (``with`` on the Condition costs a Python frame per call)."""
+        lock = self._lock
+        lock.acquire()
+        self._active += 1
+        self._entered += 1
+        if self._parked:
+            self._parked = False
+            self._cv.notify()
+        lock.release()
 
     def leave(self) -> None:
-        with self._cv:
-            self._active -= 1
+        lock = self._lock
+        lock.acquire()
+        self._active -= 1
+        lock.release()
 
     @property
     def ticking(self) -> bool:

@@ -88,15 +88,14 @@ def _guest_memory(caller: Any) -> tuple[int, int] | None:
     item = ffi.wasmtime_extern_t()
     if not ffi.wasmtime_caller_export_get(caller, b"memory", 6, ctypes.byref(item)):
         return None
-    try:
-        if int(item.kind) != int(ffi.WASMTIME_EXTERN_MEMORY.value):
-            return None
-        ctx = ffi.wasmtime_caller_context(caller)
-        mem = ctypes.byref(item.of.memory)
-        addr = ctypes.cast(_memory_data(ctx, mem), ctypes.c_void_p).value or 0
-        return addr, int(_memory_size(ctx, mem))
-    finally:
-        ffi.wasmtime_extern_delete(ctypes.byref(item))
+    if int(item.kind) != int(ffi.WASMTIME_EXTERN_MEMORY.value):
+        ffi.wasmtime_extern_delete(ctypes.byref(item))  # e.g. a shared memory: owned
+        return None
+    # A memory extern owns nothing (its delete is a no-op): nothing to release.
+    ctx = ffi.wasmtime_caller_context(caller)
+    mem = ctypes.byref(item.of.memory)
+    addr = ctypes.cast(_memory_data(ctx, mem), ctypes.c_void_p).value or 0
+    return addr, int(_memory_size(ctx, mem))
 
 
 def _trap(message: str) -> int:
