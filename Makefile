@@ -28,6 +28,7 @@ demo: setup ## start agents, deploy sample/double with nebctl, invoke it, stop
 	$(PY) scripts/demo.py
 
 test: setup ## run the whole test suite
+	@$(PY) scripts/lab.py check-system
 	$(PY) -m pytest -q
 
 check: setup ## lint and type-check
@@ -42,8 +43,8 @@ N ?= 5
 lab: setup ## start N hosts (network namespaces, root) with an agent each: make lab N=5
 	$(PY) scripts/lab.py up $(N)
 
-lab-down: ## remove everything `make lab` made (agents, namespaces, bridge, temp dirs)
-	$(PY) scripts/lab.py down
+lab-down: ## remove everything any lab or test run left (agents, namespaces, bridges, temp dirs)
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) scripts/lab.py down
 
 clean: ## remove the venv, local agent data and build outputs
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache bin build dist

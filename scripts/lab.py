@@ -3,7 +3,10 @@
     python scripts/lab.py up N      N network namespaces on a private bridge, one agent each
                                     (tests/netns/lab.py), then how to reach them
     python scripts/lab.py status    the hosts, their agents and what each one sees
-    python scripts/lab.py down      remove everything `up` made, by name and PID
+    python scripts/lab.py down      remove everything `up` made, by name and PID, and
+                                    whatever any lab or test run left (its names start
+                                    nel<3 digits><letter>; labs of test runs still
+                                    running are left alone)
 
 Needs root. The lab's names and PIDs are kept in a state file (default /tmp/nebula-lab.json,
 or --state PATH), which is all `down` needs: it works from any shell, after any crash.
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,6 +33,7 @@ from netns.lab import (  # noqa: E402  (tests/ must be on sys.path first)
     NetnsHTTP,
     existing_names,
     pid_alive,
+    sweep_all,
     teardown,
     unavailable,
 )
@@ -143,14 +148,45 @@ def status(state_path: Path) -> int:
 
 
 def down(state_path: Path) -> int:
+    """Remove the lab of ``state_path``, then whatever any lab or test run left."""
     state = load(state_path)
-    if state is None:
-        print(f"no lab to remove (no state file {state_path})")
-        return 0
-    done = teardown(state)
-    state_path.unlink(missing_ok=True)
-    print(f"lab {state.get('prefix')}: removed " + (", ".join(done) if done else "nothing "
-                                                       "(it was already gone)"))
+    if state is not None:
+        done = teardown(state)
+        state_path.unlink(missing_ok=True)
+        print(f"lab {state.get('prefix')}: removed " + (", ".join(done) if done else
+                                                           "nothing (it was already gone)"))
+    if os.geteuid() != 0:
+        print("lab: not root: only the state file was handled (namespaces need root)")
+        return 0 if state is None else 1
+    swept, kept = sweep_all()
+    if swept:
+        print("left by earlier labs and test runs, removed: " + ", ".join(swept))
+    for what in kept:
+        print(f"left alone: {what}")
+    if state is None and not swept:
+        print("nothing to remove: no lab namespace, bridge, agent or temp dir is left")
+    return 0
+
+
+SYSTEM_NEEDS = (  # (command, Debian package, what needs it)
+    ("ip", "iproute2", "the netns lab tests (tests/netns) and `make lab`"),
+    ("nft", "nftables", "the lab's loss and partition tests (marked `nft`)"),
+)
+
+
+def check_system() -> int:
+    """Say what `make test` will skip on this machine and exactly what to install."""
+    missing = [(cmd, pkg, why) for cmd, pkg, why in SYSTEM_NEEDS if shutil.which(cmd) is None]
+    for cmd, pkg, why in missing:
+        print(f"make test: `{cmd}` not found: {why} will be skipped "
+              f"(install: sudo apt-get install -y {pkg})", file=sys.stderr)
+    if os.geteuid() != 0:
+        print("make test: not root: the netns lab tests will be skipped (run as root to "
+              "include them)", file=sys.stderr)
+    if os.environ.get("NEBULA_LAB_REQUIRED") == "1" and (missing or os.geteuid() != 0):
+        print("make test: NEBULA_LAB_REQUIRED=1: refusing to run with lab tests skipped",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -163,8 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("n", type=int, nargs="?", default=5)
     p_up.add_argument("--wait", type=float, default=20, help="seconds to wait for a full mesh")
     sub.add_parser("status", help="show the hosts and what each agent sees")
-    sub.add_parser("down", help="remove everything `up` made")
+    sub.add_parser("down", help="remove everything `up` made, and what any lab or test left")
+    sub.add_parser("check-system", help="say which system packages `make test` lacks")
     a = ap.parse_args(argv)
+    if a.cmd == "check-system":
+        return check_system()
     if a.cmd in ("up", "status"):
         why = unavailable()
         if why:

@@ -60,6 +60,12 @@ class EdgeConfig:
     """Threads running Wasm calls at once."""
     queue: int = 64
     """Calls allowed to wait for a worker before ``/exec`` answers 503."""
+    wait_workers: int = 32
+    """Spare threads for calls waiting in a WASI sleep (``-wait-workers``): a waiting call
+    lends its compute slot, so sleepers do not starve computing calls."""
+    table_elements: int = 100_000
+    """Cap on the elements of each table a call has (``-max-table-elements``; a module
+    may define at most 4 tables; 100 000 funcrefs are 0.8 MB)."""
     max_module_size: int = 64 * MiB
     """Largest module accepted (``-max-module-size``), raw or base64-decoded."""
     max_modules: int = 1000

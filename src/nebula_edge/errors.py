@@ -22,6 +22,8 @@ API maps any of them to a response without a table of its own::
     |   +-- WasiExit                 422 wasi_exit           (non-zero exit code + stderr tail)
     |   +-- OutputTooLarge           422 output_too_large
     +-- Overloaded                   503 overloaded          (carries Retry-After)
+    +-- VersionUnavailable           503 version_unavailable (the mesh runs a version this
+    |                                                         agent cannot, no peer answered)
     +-- ExecTimeout                  504 exec_timeout
     +-- PeerUnavailable              502 peer_unavailable    (a forwarded call failed)
     +-- StoreError                   500 store_error
@@ -166,6 +168,15 @@ class Overloaded(NebulaError):
     def __init__(self, message: str, retry_after: int = 1, **details: Any) -> None:
         super().__init__(message, **details)
         self.retry_after = retry_after
+
+
+class VersionUnavailable(NebulaError):
+    """The mesh's current version is one this agent cannot hold or run, and no peer that
+    holds it could take the call: refused rather than answered with an older version.
+    503, as another agent (one that holds it) can serve the same request."""
+
+    code = "version_unavailable"
+    status = 503
 
 
 class ExecTimeout(NebulaError):

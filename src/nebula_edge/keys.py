@@ -9,15 +9,22 @@ at its own HTTP API and from peers alike. Without trusted keys the agent runs op
 Orders are small canonical-JSON objects; what each one binds::
 
     deploy    {"op","name","sha256","size","abi","export","limits","at","key"}
-    rollback  {"op","name","sha256","abi","export","limits","at","key"}
+    rollback  {"op","name","restores","sha256","abi","export","limits","at","key"}
     delete    {"op","name","at","key"}
 
 ``abi``/``export`` are what was requested (``null`` = detect): detection is a function of
 the bytes, which the signature covers by hash. The agent-assigned version number is a
 label and is not signed; order is decided by ``at`` (= the manifest's ``deployed_at``).
-Replay: the API refuses an order whose ``at`` is more than ``MAX_SKEW_S`` from its clock;
-from peers, a replayed old order changes nothing (the store already holds it, or a newer
-version or tombstone wins).
+A rollback names the version it restores by manifest id (``restores``): the one kept
+version whose bytes and settings it runs again, the same on every agent. Rollback orders
+signed before ``restores`` existed have no such field; the manifests they made stay
+verifiable (the field is absent from both), but the API takes a new rollback order only
+if it names ``restores``.
+
+Replay and skew: the API refuses an order whose ``at`` is more than ``MAX_SKEW_S`` behind
+its clock or more than ``MAX_FUTURE_S`` (60 s) ahead of it; from peers, a replayed old
+order changes nothing (the store already holds it, or a newer version or tombstone wins),
+and one dated more than ``MAX_FUTURE_S`` ahead is held back (``mesh/versions.py``).
 """
 
 from __future__ import annotations
@@ -35,11 +42,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from nebula_edge.errors import BadRequest, Forbidden
-from nebula_edge.manifest import Manifest, Tombstone, canonical, parse_limits
+from nebula_edge.manifest import MAX_FUTURE_S, Manifest, Tombstone, canonical, parse_limits
 
 PREFIX = "ed25519:"
 MAX_SKEW_S = 300.0
-"""How far an order's time may be from the agent's clock at the API (5 min, like Kerberos)."""
+"""How far an order's time may be behind the agent's clock at the API (5 min, like
+Kerberos); ahead of it, only ``MAX_FUTURE_S`` (60 s)."""
 
 
 def default_key_path() -> Path | None:
@@ -131,9 +139,14 @@ def _verify(order: dict[str, Any] | None, signature: str | None, trusted: frozen
 
 
 def _fresh(at: float, now: float | None) -> None:
-    if now is not None and not (math.isfinite(at) and abs(now - at) <= MAX_SKEW_S):
-        raise Forbidden(f"the signed order is {abs((now or 0) - at):.0f} s away from this "
-                        f"agent's clock (limit {MAX_SKEW_S:.0f} s): replayed or clock skew")
+    if now is None:
+        return
+    if not math.isfinite(at) or at - now > MAX_FUTURE_S:
+        raise Forbidden(f"the signed order is dated {at - now:.0f} s ahead of this agent's "
+                        f"clock (limit {MAX_FUTURE_S:.0f} s): the signer's clock is wrong")
+    if now - at > MAX_SKEW_S:
+        raise Forbidden(f"the signed order is {now - at:.0f} s older than this agent's "
+                        f"clock (limit {MAX_SKEW_S:.0f} s): replayed or clock skew")
 
 
 def check_order(order: dict[str, Any], signature: str, trusted: frozenset[str],
@@ -177,7 +190,7 @@ def check_manifest(m: Manifest, trusted: frozenset[str], now: float | None = Non
     elif o.get("op") == "rollback":
         # Binds how the old bytes are run again, not only which bytes.
         same = same and (limits == m.limits and o.get("abi") == m.abi
-                         and o.get("export") == m.export)
+                         and o.get("export") == m.export and o.get("restores") == m.restores)
     else:
         same = False
     if not same:

@@ -5,9 +5,17 @@ A manifest names one *version* of a module: its bytes by sha256, how to call it
 immutable; a new deploy, a rollback or a re-deploy of old bytes makes a new one.
 
 Ordering is what makes the mesh agree without a coordinator: the current version
-of a name is the manifest with the highest ``(deployed_at, sha256)`` among those not
+of a name is the manifest with the highest ``(deployed_at, sha256, id)`` among those not
 covered by a tombstone (``deleted_at >= deployed_at``). Every agent applies the same
-rule to the same set, whatever order the messages arrived in.
+rule to the same set, whatever order the messages arrived in. ``deployed_at`` is a
+hybrid logical clock per name, and a record dated more than ``MAX_FUTURE_S`` ahead of
+the receiver's clock is held back (``mesh/versions.py``), so one wrong clock cannot
+freeze a name.
+
+Version *numbers* are labels assigned by the agent that made the change; two agents
+deploying at once may both say "v5". The manifest ``id`` (16 hex digits of its hash) is
+what names one version unambiguously: it is shown next to the number, and a rollback
+names the version it restores by id (``restores``, signed in the rollback order).
 
 ``decode`` is the one entry point for manifests from outside (disk, HTTP, peers):
 it checks size before parsing and every field's type after.
@@ -27,11 +35,15 @@ from nebula_edge.config import Limits
 from nebula_edge.errors import BadRequest, InvalidName
 
 FORMAT_VERSION = 1
+MAX_FUTURE_S = 60.0
+"""How far ahead of an agent's clock a change may be dated and still be adopted (at the
+API and from peers). Why a minute: see ``mesh/versions.py``."""
 MAX_MANIFEST_BYTES = 8 * 1024
 """A manifest is a few hundred bytes; anything near this is hostile."""
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
+ID_RE = re.compile(r"[0-9a-f]{16}")
 ABIS = ("export", "wasi")
 Abi = Literal["export", "wasi"]
 
@@ -62,8 +74,12 @@ class Manifest:
     publisher: str
     signature: str | None = None
     rollback_of: int | None = None
+    """A rollback's restored version number (a label: see ``restores``)."""
     order: dict[str, Any] | None = field(default=None, hash=False)
     """The publisher's signed order (see ``keys.py``); None for an unsigned deploy."""
+    restores: str | None = None
+    """A rollback's restored version, by manifest ``id`` (None: not a rollback, or one
+    made before rollbacks named their version)."""
 
     @functools.cached_property
     def id(self) -> str:
@@ -82,7 +98,7 @@ class Manifest:
         return f"{round(self.deployed_at * 1_000_000):020d}-{self.sha256[:16]}-{self.id}"
 
     def signed_fields(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "v": FORMAT_VERSION,
             "name": self.name,
             "version": self.version,
@@ -95,6 +111,9 @@ class Manifest:
             "publisher": self.publisher,
             "rollback_of": self.rollback_of,
         }
+        if self.restores is not None:  # absent, not null: older manifests keep their ids
+            d["restores"] = self.restores
+        return d
 
     def to_json(self) -> dict[str, Any]:
         d = self.signed_fields()
@@ -227,7 +246,15 @@ def from_json(d: dict[str, Any]) -> Manifest | Tombstone:
         signature=sig,
         rollback_of=_field(d, "rollback_of", int, optional=True),
         order=order,
+        restores=_restores(d),
     )
+
+
+def _restores(d: dict[str, Any]) -> str | None:
+    r: str | None = _field(d, "restores", str, optional=True)
+    if r is not None and not ID_RE.fullmatch(r):
+        raise BadRequest("manifest field 'restores' must be a manifest id (16 hex digits)")
+    return r
 
 
 def decode(data: bytes) -> Manifest | Tombstone:

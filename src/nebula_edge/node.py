@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nebula_edge import __version__, keys
+from nebula_edge.calllog import FOLLOWERS_MAX, LOG_ENTRIES, LOG_MODULES, CallLog
 from nebula_edge.config import EdgeConfig, Limits
 from nebula_edge.errors import (
     BadRequest,
@@ -30,9 +31,11 @@ from nebula_edge.errors import (
     PayloadTooLarge,
     StoreError,
 )
+from nebula_edge.events import EventLog
 from nebula_edge.manifest import Manifest, Tombstone, check_name, parse_limits
-from nebula_edge.metrics import Metrics
-from nebula_edge.sandbox import Sandbox
+from nebula_edge.mesh import versions
+from nebula_edge.metrics import MeshFigures, Metrics, watch_mesh
+from nebula_edge.sandbox import MAX_TABLES, Sandbox
 from nebula_edge.store import ModuleStore
 from nebula_edge.store.fsutil import DirLock
 from nebula_edge.store.modules import sha256_hex
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
     from nebula_edge.net.service import MeshService
 
 log = logging.getLogger(__name__)
+
 OPEN_WARNING = ("running open: any client or peer may deploy, delete and roll back modules; "
                 "start agents with -trust to accept only signed changes (docs/security.md)")
 
@@ -73,21 +77,89 @@ class Node:
                              "give this one another -port or -data")
         self.metrics = Metrics()
         self.store = ModuleStore(state, keep=config.keep_versions,
+                                 max_names=config.max_modules,
                                  on_quarantine=lambda sha: self.metrics.quarantined_total.inc(),
                                  on_gc=self._forget_compiled)
+        self.workers = Workers(config.workers, spare=config.wait_workers)
         self.sandbox = Sandbox(
             self.store.cache_dir, config.default_limits, config.max_limits,
-            on_cache=lambda outcome: self.metrics.compile_cache_total.labels(outcome).inc())
-        self.workers = Workers(config.workers)
+            on_cache=lambda outcome: self.metrics.compile_cache_total.labels(outcome).inc(),
+            table_elements=config.table_elements, lend=self.workers.lend)
         self._admitted = 0
         self.metrics.exec_in_flight.set_function(lambda: self._admitted)
+        self.metrics.exec_waiting.set_function(lambda: self.workers.lending)
+        for bound, value in (("workers", config.workers), ("wait_workers", config.wait_workers),
+                             ("table_elements", config.table_elements),
+                             ("max_tables", MAX_TABLES)):
+            self.metrics.sandbox_limit.labels(bound).set(value)
         self.node_id = f"{socket.gethostname()}:{config.port}"
+        self.events = EventLog()
+        self.calllog = CallLog(lambda: self.node_id, on_drop=lambda reason, n:
+                               self.metrics.call_log_dropped_total.labels(reason).inc(n))
+        self._watch_logs()
+        self._seen = {n: m.version for n in self.store.names()
+                      if (m := self.store.current(n)) is not None}
+        """name -> current version as last seen here: a change not made through this agent
+        came from the mesh (see ``observe_store``)."""
+        self._changing = 0
+        """Local changes under way: their store writes are not the mesh's."""
         self.mesh: MeshService | None = None
         if mesh:
             from nebula_edge.net.service import MeshService
 
             self.mesh = MeshService(config, self.store, self.sandbox, self.metrics)
+            self.mesh.on_change = self._mesh_changed
+            watch_mesh(self.metrics, self.mesh_figures)
         self.metrics.modules.set(len(self.store.names()))
+
+    def _watch_logs(self) -> None:
+        m = self.metrics
+        m.call_log_entries.set_function(self.calllog.entries_held)
+        m.call_log_entries_limit.set(LOG_ENTRIES * LOG_MODULES)
+        m.events.set_function(lambda: len(self.events))
+        m.streams.labels("logs").set_function(self.calllog.followers)
+        m.streams_limit.labels("logs").set(FOLLOWERS_MAX)
+
+    def _mesh_changed(self, kind: str, fields: dict[str, Any]) -> None:
+        """The mesh's hook (net/service.py): a peer joined or left, or versions were
+        stored from a peer."""
+        if kind in ("peer_joined", "peer_left"):
+            self.events.record(kind, agent=fields.get("peer"))
+        else:
+            self.observe_store(via=fields.get("peer"))
+
+    def observe_store(self, via: str | None = None) -> None:
+        """Record as events the changes that reached the store from the mesh (deploys,
+        rollbacks, deletes made on other agents) since the last look."""
+        if self._changing:
+            return  # a local change is half done; the next look sees the mesh's changes
+        now: dict[str, int] = {}
+        for name in self.store.names():
+            m = self.store.current(name)
+            if m is None:
+                continue
+            now[name] = m.version
+            if self._seen.get(name) != m.version:
+                kind = "rollback" if m.rollback_of is not None else "deploy"
+                self.events.record(kind, at=min(m.deployed_at, time.time()), module=name,
+                                   version=m.version, sha256=m.sha256, agent=m.publisher,
+                                   via="mesh", **({"from": via} if via else {}))
+        for name in self._seen.keys() - now.keys():
+            t = self.store.tombstone(name)
+            self.events.record("delete", at=min(t.deleted_at, time.time()) if t else None,
+                               module=name, via="mesh", **({"agent": t.publisher} if t
+                                                           else {}))
+        self._seen = now
+
+    def _local_change(self, kind: str, name: str, m: Manifest | None) -> None:
+        if m is None:
+            self._seen.pop(name, None)
+            self.events.record(kind, module=name, agent=self.node_id)
+        else:
+            self._seen[name] = m.version
+            self.events.record(kind, module=name, version=m.version, sha256=m.sha256,
+                               agent=self.node_id, **({"rollback_of": m.rollback_of}
+                                                      if m.rollback_of else {}))
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -140,12 +212,17 @@ class Node:
             raise PayloadTooLarge(f"module is {len(wasm)} bytes; this agent accepts at most "
                                   f"{self.config.max_module_size}")
         loop = asyncio.get_running_loop()
-        m = await loop.run_in_executor(None, self._deploy_sync, name, wasm, abi, export,
-                                       limits or Limits(), signed)
+        self._changing += 1
+        try:
+            m = await loop.run_in_executor(None, self._deploy_sync, name, wasm, abi, export,
+                                           limits or Limits(), signed)
+        finally:
+            self._changing -= 1
         self.metrics.deploys_total.labels("api").inc()
         self.metrics.modules.set(len(self.store.names()))
         log.info("deployed %s v%d (%s, %d bytes, abi %s)", m.name, m.version, m.sha256[:12],
                  m.size, m.abi)
+        self._local_change("deploy", m.name, m)
         if self.mesh is not None:
             self.mesh.announce(m)
         return m
@@ -188,8 +265,9 @@ class Node:
         keys.check(rec, self.config.trusted_keys, now=time.time())
 
     def _when(self, name: str, signed: Signed | None) -> tuple[float, str]:
-        """Time and publisher of a new change: the signed order's, or now (made later than
-        the current version and any deletion, whatever the clock says)."""
+        """Time and publisher of a new change: the signed order's, or the name's hybrid
+        logical clock (now, or just after the current version and any deletion if the
+        clock has not passed them: ``versions.next_time``)."""
         floor = 0.0
         cur = self.store.current(name)
         if cur is not None:
@@ -204,16 +282,15 @@ class Node:
             if at <= floor:
                 raise Forbidden("the signed order is older than the module's current state")
             return float(at), key
-        now = time.time()
-        return (now if now > floor else floor + 0.001), self.node_id
+        return versions.next_time(time.time(), floor), self.node_id
 
     def _new_manifest(self, name: str, sha: str, size: int, abi: Any, export: str | None,
                       limits: Limits, rollback_of: int | None = None,
-                      signed: Signed | None = None) -> Manifest:
+                      signed: Signed | None = None, restores: str | None = None) -> Manifest:
         at, publisher = self._when(name, signed)
         return Manifest(name=name, version=self.store.next_version(name), sha256=sha, size=size,
                         abi=abi, export=export, limits=limits, deployed_at=at,
-                        publisher=publisher, rollback_of=rollback_of,
+                        publisher=publisher, rollback_of=rollback_of, restores=restores,
                         signature=signed.signature if signed else None,
                         order=signed.order if signed else None)
 
@@ -227,16 +304,23 @@ class Node:
         t = Tombstone(name, at, publisher, signed.signature if signed else None,
                       signed.order if signed else None)
         self._check(t)
-        await asyncio.get_running_loop().run_in_executor(None, self.store.put_tombstone, t)
+        self._changing += 1
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.store.put_tombstone, t)
+        finally:
+            self._changing -= 1
         self.metrics.modules.set(len(self.store.names()))
         log.info("deleted %s", name)
+        self._local_change("delete", name, None)
         if self.mesh is not None:
             self.mesh.announce(t)
         return t
 
-    async def rollback(self, name: str, signed: Signed | None = None) -> Manifest:
-        """Make the previous version current again, as a new version with the old bytes
-        (with a signed order: the kept version whose bytes the order names)."""
+    async def rollback(self, name: str, signed: Signed | None = None,
+                       restores: str | None = None) -> Manifest:
+        """Make an older version current again, as a new version with its bytes: the one
+        named by id (``restores``: the signed order's, or the caller's when unsigned),
+        else the previous one. The new manifest records which version it restores."""
         check_name(name)
         self._precheck(signed, "rollback")
         vs = self.store.versions(name)
@@ -245,19 +329,33 @@ class Node:
         if len(vs) < 2:
             raise ModuleNotFound(f"{name} has no previous version to roll back to")
         prev = vs[-2]
+        want = restores
         if signed is not None:
-            match = [v for v in vs[:-1] if v.sha256 == signed.order.get("sha256")]
+            want = signed.order.get("restores")
+            if not isinstance(want, str):
+                raise Forbidden("a signed rollback order must name the version it restores "
+                                "by id (field 'restores'; nebctl -rollback signs it)")
+        if want is not None:
+            match = [v for v in vs[:-1] if v.id == want]
             if not match:
-                raise ModuleNotFound(f"{name} has no kept version with the signed sha256")
-            prev = match[-1]
+                kept = ", ".join(f"v{v.version} {v.id}" for v in reversed(vs[:-1]))
+                raise ModuleNotFound(f"{name} has no kept older version with id "
+                                     f"{want[:16]!r} on this agent (kept: {kept})")
+            prev = match[0]
         limits = prev.limits
         if signed is not None and "limits" in signed.order:
             limits = parse_limits(signed.order["limits"])  # the signer's, checked below
         m = self._new_manifest(name, prev.sha256, prev.size, prev.abi, prev.export, limits,
-                               rollback_of=prev.version, signed=signed)
+                               rollback_of=prev.version, signed=signed, restores=prev.id)
         self._check(m)
-        await asyncio.get_running_loop().run_in_executor(None, self.store.put_manifest, m)
-        log.info("rolled %s back to the bytes of v%d (now v%d)", name, prev.version, m.version)
+        self._changing += 1
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.store.put_manifest, m)
+        finally:
+            self._changing -= 1
+        log.info("rolled %s back to v%d (%s) (now v%d, %s)", name, prev.version, prev.id,
+                 m.version, m.id)
+        self._local_change("rollback", name, m)
         if self.mesh is not None:
             self.mesh.announce(m)
         return m
@@ -273,18 +371,29 @@ class Node:
     async def exec(self, name: str, arg: Any, args: list[Any] | None,
                    forwarded: bool = False) -> ExecOutcome:
         """Run a call here; with the mesh, a module not here yet is fetched (bounded wait)
-        or the call is forwarded to a peer holding it (never when already forwarded)."""
+        or the call is forwarded to a peer holding it (never when already forwarded).
+        The version run is the mesh's winner: if a newer version exists that this agent
+        does not hold (it refused it, or its bytes are not here yet), the call goes to a
+        peer holding that version, or fails with ``version_unavailable`` -- never runs
+        the older version held here."""
         check_name(name)
         m = self.store.current(name)
-        if self.mesh is not None and (m is None or self.mesh.fetcher.newer_pending(name, m)):
-            m = await self.mesh.obtain(name)
-            if m is None and not forwarded:
+        mesh = self.mesh
+        if mesh is not None:
+            if m is None or mesh.fetcher.newer_pending(name, m):
+                m = await mesh.obtain(name)
+            # A newer version this agent refused, or whose fetch failed, is not waited
+            # for (nor synced for, on every call): the call goes to a holder at once.
+            newer = mesh.outdated(name, m) if m is not None else None
+            if newer is not None and forwarded:
+                raise versions.unavailable(newer, mesh.versions.refused(newer))
+            if (m is None or newer is not None) and not forwarded:
                 body: dict[str, Any] = {"name": name}
                 if args is not None:
                     body["args"] = args
                 elif arg is not None:
                     body["arg"] = arg
-                result, peer = await self.mesh.forward(name, body)
+                result, peer = await mesh.forward(name, body, newer)
                 self.metrics.exec_total.labels(name, "forwarded").inc()
                 return ExecOutcome(result, peer)
         if m is None:
@@ -292,9 +401,10 @@ class Node:
         self._admit()
         t0 = time.perf_counter()
         outcome = "ok"
+        stderr = bytearray()
         try:
             body = await self.workers.submit(
-                self.sandbox.call, m, lambda: self.store.read_blob(m.sha256), arg, args)
+                self._call, m, lambda: self.store.read_blob(m.sha256), arg, args, stderr)
         except NebulaError as e:
             outcome = e.code
             if isinstance(e, CorruptBlob):
@@ -302,25 +412,84 @@ class Node:
             raise
         finally:
             self._admitted -= 1
+            took = time.perf_counter() - t0
             self.metrics.exec_total.labels(name, outcome).inc()
-            self.metrics.exec_duration.labels(name).observe(time.perf_counter() - t0)
+            self.metrics.exec_duration.labels(name).observe(took)
+            self.calllog.record(name, m.version, took, outcome, stderr)
         return ExecOutcome(body, self.node_id)
+
+    def _call(self, m: Manifest, read_bytes: Any, arg: Any, args: list[Any] | None,
+              stderr: bytearray) -> dict[str, Any]:
+        """On a worker thread: one call, its WASI stderr appended to ``stderr``."""
+        return self.sandbox.call(m, read_bytes, arg, args, stderr=stderr)
 
     # ------------------------------------------------------------------ views
     def module_view(self, m: Manifest) -> dict[str, Any]:
         d = m.to_json()
         d.pop("v", None)
+        d["id"] = m.id  # names this version unambiguously (numbers are per-agent labels)
+        d.setdefault("restores", None)
         try:
             d["limits"] = self.sandbox.effective_limits(m.limits).to_json()
         except NebulaError:  # limits over this agent's maxima: show them as they are
             d["limits"] = m.limits.to_json()
         if self.mesh is not None:
             d["peers"] = self.mesh.holders(m)
+            here = [] if self.store.is_corrupt(m.sha256) else [self.node_id]
+            d["holders"] = here + self.mesh.table.holders(m.sha256)
         return d
 
-    def health(self) -> dict[str, Any]:
+    def mesh_figures(self) -> MeshFigures | None:
+        """The mesh's health figures and bounds for ``/metrics`` (None without a mesh).
+        Thread-safe: every source is a thread-safe snapshot."""
+        if self.mesh is None:
+            return None
+        p2p = self.mesh.p2p
+        h = p2p.health()
+        bounds = [(b.name, b.size, b.limit, b.dropped) for b in p2p.bounds()]
+        events: Any = getattr(self.mesh, "_events", None)  # p2p.EventQueue
+        if hasattr(events, "bound"):
+            b = events.bound()
+            bounds.append((b.name, b.size, b.limit, b.dropped))
+        if self.mesh.mdns is not None:
+            bounds += self.mesh.mdns.bounds()
         return {
-            "status": "ok",
+            "p2p_up": int(h.running), "p2p_restarts": h.restarts,
+            "p2p_last_restart": h.last_restart_at or 0.0,
+            "p2p_dropped_publishes": h.dropped_publishes,
+            "p2p_loop_lag": h.loop_lag_s or 0.0, "p2p_loop_stalls": h.loop_stalls,
+            "candidate_dials": h.candidate_dials,
+            "candidate_dial_failures": h.candidate_dial_failures,
+            "requests_refused": h.requests_refused, "bounds": bounds,
+            "gossip_received": h.gossip_received,
+        }
+
+    def _mesh_health(self) -> tuple[list[str], dict[str, Any] | None]:
+        """Why the mesh is degraded (empty: it is not), and its figures for /healthz."""
+        if self.mesh is None:
+            return [], None
+        h = self.mesh.p2p.health()
+        sync = {o: self.metrics.registry.get_sample_value(
+            "nebula_edge_sync_total", {"outcome": o}) or 0 for o in ("failed", "malformed")}
+        events = getattr(self.mesh, "_events", None)
+        return h.problems, {
+            "p2p_running": h.running,
+            "p2p_restarts": h.restarts,
+            "p2p_last_restart_at": h.last_restart_at,
+            "p2p_loop_lag_s": None if h.loop_lag_s is None else round(h.loop_lag_s, 3),
+            "p2p_loop_stalls": h.loop_stalls,
+            "dropped_publishes": h.dropped_publishes,
+            "dropped_events": getattr(events, "dropped", 0),
+            "sync_failures": int(sum(sync.values())),
+            "mdns_candidates": h.candidates,
+        }
+
+    def health(self) -> dict[str, Any]:
+        problems, mesh_health = self._mesh_health()
+        return {
+            "status": "degraded" if problems else "ok",
+            **({"problems": problems} if problems else {}),
+            **({"mesh_health": mesh_health} if mesh_health is not None else {}),
             "version": __version__,
             "node_id": self.node_id,
             "port": self.config.port,

@@ -26,7 +26,7 @@ NOFUNC = SAMPLES / "misbehave" / "nofunc.wasm"
 JSONSTATS = SAMPLES / "jsonstats" / "jsonstats.wasm"
 DEFAULT_LIMITS = {"timeout_ms": 1000, "memory_mb": 64, "max_output_bytes": 1024 * 1024}
 MODULE_FIELDS = {"name", "version", "sha256", "size", "abi", "export", "limits", "deployed_at",
-                 "publisher", "rollback_of", "signature", "order"}
+                 "publisher", "rollback_of", "signature", "order", "id", "restores"}
 TRIPLE = wasmtime.wat2wasm(
     '(module (func (export "double") (param i32) (result i32)'
     " (i32.mul (local.get 0) (i32.const 3))))")

@@ -57,10 +57,12 @@ def answered(agent: Agent, name: str, arg: int, expected: int) -> Any:
 
 
 def modules_without_holders(agent: Agent) -> list[dict[str, Any]]:
-    """``GET /modules`` minus ``peers`` (which counts holders the agent knows of right now)."""
+    """``GET /modules`` minus ``peers`` and ``holders`` (the holders the agent knows of right
+    now)."""
     status, body, _ = agent.get("/modules")
     assert status == 200, body
-    return [{k: v for k, v in m.items() if k != "peers"} for m in body["modules"]]
+    return [{k: v for k, v in m.items() if k not in ("peers", "holders")}
+            for m in body["modules"]]
 
 
 def exec_count(agent: Agent, name: str, outcome: str) -> float:

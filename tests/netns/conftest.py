@@ -1,7 +1,9 @@
 """Fixtures for the netns lab: one 5-host lab per test module, reset between tests.
 
 Every test here is skipped, with the reason, when the lab cannot run (not root, no
-``ip netns``). Labs left by a run that was itself killed are removed first. A failing
+``ip netns``); tests marked ``nft`` also when ``nft`` is missing. With
+``NEBULA_LAB_REQUIRED=1`` (CI) such a run fails instead of skipping. Labs left by a
+run that was itself killed are removed first. A failing
 test gets the tail of every host's agent log in its report; the measured convergence
 times are printed at the end of the run (and written to ``$NEBULA_LAB_TIMES``, if set).
 """
@@ -17,22 +19,41 @@ from typing import Any
 
 import pytest
 
-from .lab import Lab, sweep_stale, unavailable
+from .lab import Lab, nft_unavailable, sweep_stale, unavailable
 
 HERE = Path(__file__).resolve().parent
 MEASURED: dict[str, Any] = {}
 """Scenario -> measured times (seconds), filled by the tests through ``record``."""
 
 
+REQUIRED_ENV = "NEBULA_LAB_REQUIRED"
+"""``1`` (set by ``.ci/run``): a lab test that cannot run is an error, not a skip, so a
+machine without root or nftables cannot pass CI by skipping the lab."""
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    why = None
+    why: str | None = None
+    nft_why = nft_unavailable()
+    required = os.environ.get(REQUIRED_ENV) == "1"
+    missing: set[str] = set()
     for item in items:
         if HERE not in Path(str(item.path)).resolve().parents:
             continue
         item.add_marker(pytest.mark.netns)
-        why = why or unavailable() or ""
-        if why:
-            item.add_marker(pytest.mark.skip(reason=f"netns lab: {why}"))
+        why = why if why is not None else (unavailable() or "")
+        reason = f"netns lab: {why}" if why else None
+        if reason is None and nft_why and item.get_closest_marker("nft") is not None:
+            reason = (f"needs nftables: {nft_why} (Debian/Ubuntu: "
+                      "sudo apt-get install -y nftables)")
+        if reason is None:
+            continue
+        if required:
+            missing.add(reason)
+        else:
+            item.add_marker(pytest.mark.skip(reason=reason))
+    if missing:
+        raise pytest.UsageError(f"{REQUIRED_ENV}=1, but lab tests cannot run here: "
+                                + "; ".join(sorted(missing)))
 
 
 @pytest.fixture(scope="module")

@@ -38,6 +38,7 @@ import atexit
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -67,7 +68,7 @@ from .nsutil import (
 )
 
 __all__ = ["CLIENT_IP", "NEBCTL", "PORT", "Host", "Lab", "LabAgent", "LabError", "NetnsHTTP",
-           "existing_names", "nft_unavailable", "pid_alive", "sweep_stale", "teardown",
+           "existing_names", "nft_unavailable", "pid_alive", "sweep_all", "sweep_stale", "teardown",
            "unavailable"]
 
 SUBNET = "10.77.0"
@@ -128,7 +129,7 @@ class LabAgent(Agent):
 
 # ------------------------------------------------------------------------------ the lab
 _OPEN: set[Lab] = set()
-_OPEN_LOCK = threading.Lock()
+_OPEN_LOCK = threading.RLock()  # re-entered by the signal handler on the main thread
 
 
 class Lab:
@@ -189,6 +190,7 @@ class Lab:
         if not self.detached:
             with _OPEN_LOCK:
                 _OPEN.add(self)
+            _clean_up_on_signals()
         self._claim_prefix()
         self._save()
         ns, veth = f"{self.prefix}-cl", f"{self.prefix}-cl"
@@ -485,6 +487,12 @@ class Lab:
         if self._closed:
             return
         self._closed = True
+        self._release()
+
+    def _release(self, wait_http: bool = True) -> None:
+        """The work of :meth:`close`; safe to run again, even while an earlier run was
+        interrupted by a signal (the handler calls it for every lab still open, without
+        waiting for HTTP calls in flight)."""
         for h in self.hosts.values():
             if h.agent is not None and (h.agent.alive() or not h.agent._log_file.closed):
                 with contextlib.suppress(Exception):
@@ -496,7 +504,7 @@ class Lab:
             with contextlib.suppress(Exception):
                 p.wait(10)
         if self._http is not None:
-            self._http.close()
+            self._http.close(wait=wait_http)
         keep = os.environ.get("NEBULA_LAB_LOGS")
         if keep and self.prefix:  # for a person reading what happened, after the fact
             dest = Path(keep) / f"{time.strftime('%Y%m%d-%H%M%S')}-{self.prefix}"
@@ -530,9 +538,114 @@ def sweep_stale() -> list[str]:
     return done
 
 
+LAB_NAME = re.compile(r"nel\d{3}[a-z]")
+"""The start of every name a lab gives (``nel<pid % 1000><letter>``): namespaces
+``P-h1``.., ``P-cl``, veths of the same names, bridge ``Pbr``. Nothing else matches."""
+_AGENT_DATA = re.compile(r"(" + re.escape(tempfile.gettempdir()) + r"/nebula-lab-[^/\x00]+)/h\d+")
+
+
+def sweep_all() -> tuple[list[str], list[str]]:
+    """Remove everything any lab or test run left (``make lab-down``); returns (what was
+    removed, what was left because its owner still runs).
+
+    Test labs whose owner process is alive are left alone (another run on this machine);
+    everything else is removed: labs named in state files, then by the lab's own name
+    prefix (:data:`LAB_NAME`) any namespace and link, then by PID any ``edge`` agent
+    whose ``-data`` is under a lab's temp dir (``/tmp/nebula-lab-*``), then those dirs.
+    """
+    done: list[str] = []
+    kept: list[str] = []
+    live_prefixes: set[str] = set()
+    live_roots: set[str] = set()
+    for path in sorted(STATE_DIR.glob("*.json")) if STATE_DIR.is_dir() else []:
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        owner = int(state.get("owner_pid", 0))
+        if not state.get("detached") and owner != os.getpid() and pid_alive(owner):
+            live_prefixes.add(str(state.get("prefix")))
+            live_roots.add(str(state.get("root")))
+            kept.append(f"lab {state.get('prefix')} (its test run, pid {owner}, is running)")
+            continue
+        done += teardown(state)
+        path.unlink(missing_ok=True)
+
+    def ours(name: str) -> bool:
+        m = LAB_NAME.match(name)
+        return m is not None and m.group(0) not in live_prefixes
+
+    for ns in sorted(n for n in existing_names("netns") if ours(n)):
+        done += teardown({"hosts": [{"ns": ns, "veth": ""}]})
+    for link in sorted(n for n in existing_names("link") if ours(n)):
+        if run("ip", "link", "del", link, check=False).returncode == 0:
+            done.append(f"link {link}")
+    agents = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\x00")
+        except OSError:
+            continue
+        text = b" ".join(argv).decode(errors="replace")
+        m = _AGENT_DATA.search(text)
+        if m and "-data" in text and "edge" in text and m.group(1) not in live_roots:
+            agents.append(int(proc.name))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in agents:
+            if pid_alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+                    done.append(f"{signal.Signals(sig).name} agent pid {pid}")
+        deadline = time.monotonic() + 5
+        while any(pid_alive(p) for p in agents) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    for root in Path(tempfile.gettempdir()).glob("nebula-lab-*"):
+        if root.is_dir() and str(root) not in live_roots:
+            shutil.rmtree(root, ignore_errors=True)
+            done.append(f"dir {root}")
+    return done, kept
+
+
 @atexit.register
 def _close_open_labs() -> None:
     with _OPEN_LOCK:
         labs = list(_OPEN)
     for lab in labs:
         lab.close()
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    """SIGTERM or SIGINT to the process that owns labs (pytest): remove them first.
+
+    SIGTERM would otherwise end Python without atexit or fixture finalizers (five
+    namespaces, a bridge and five agents were left). Then the signal does what it did
+    before: SIGINT raises KeyboardInterrupt (pytest stops and reports), SIGTERM ends the
+    process with the default action.
+    """
+    with _OPEN_LOCK:
+        labs = list(_OPEN)
+    for lab in labs:
+        lab._closed = True
+        with contextlib.suppress(Exception):
+            lab._release(wait_http=False)
+    previous = _PREVIOUS_HANDLERS.get(signum, signal.SIG_DFL)
+    if callable(previous):
+        previous(signum, frame)
+        return
+    signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+    os.kill(os.getpid(), signum)
+
+
+_PREVIOUS_HANDLERS: dict[int, Any] = {}
+
+
+def _clean_up_on_signals() -> None:
+    """Install :func:`_on_signal` for SIGTERM and SIGINT, once (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(sig) is not _on_signal:
+            _PREVIOUS_HANDLERS[sig] = signal.getsignal(sig)
+            signal.signal(sig, _on_signal)

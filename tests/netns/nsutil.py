@@ -145,9 +145,10 @@ class NetnsHTTP:
                 timeout: float = HTTP_TIMEOUT) -> tuple[int, bytes, Headers]:
         return self._pool.submit(_http, method, url, data, headers, timeout).result()
 
-    def close(self) -> None:
-        """Wait for the workers to end: a thread still in the namespace keeps it alive."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, wait: bool = True) -> None:
+        """Wait for the workers to end: a thread still in the namespace keeps it alive
+        (``wait=False`` from a signal handler: its name is removed all the same)."""
+        self._pool.shutdown(wait=wait, cancel_futures=True)
 
 
 def no_ipv6(ifname: str) -> None:

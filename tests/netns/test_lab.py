@@ -54,7 +54,7 @@ from .helpers import (
     times_k,
     with_custom_section,
 )
-from .lab import NEBCTL, Lab, nft_unavailable
+from .lab import NEBCTL, Lab
 
 
 # ------------------------------------------------------------------------------ scenarios
@@ -138,6 +138,7 @@ def test_3_sigkill_mid_deploy_leaves_no_partial_module(lab: Lab,
     assert not any(problems.values()), problems
 
 
+@pytest.mark.nft
 def test_4_partition_then_heal_converges_within_30s(lab: Lab, record: dict[str, Any]) -> None:
     """{1,2,3} | {4,5}: a new double on one side, a new module on the other; after the
     heal every host has both and the same current double within 30 s."""
@@ -176,7 +177,7 @@ def test_4_partition_then_heal_converges_within_30s(lab: Lab, record: dict[str, 
         assert exec_is(lab, i, "square4", 7, 49)
 
 
-@pytest.mark.skipif(nft_unavailable() is not None, reason=str(nft_unavailable()))
+@pytest.mark.nft
 def test_5_one_mib_deploy_under_10_percent_loss(lab: Lab, record: dict[str, Any]) -> None:
     """Every host drops 10 % of the packets it receives (so every packet on the LAN has a
     10 % chance of loss); a 1 MiB module still reaches every host."""
@@ -430,14 +431,14 @@ def test_8d_catching_up_host_never_answers_an_old_version(lab: Lab,
                               log_lines(lab, i, "module received: vers", limit=4)))
 
 
+@pytest.mark.nft
 def test_lab_leaves_nothing_behind() -> None:
     """A lab of its own, closed: no namespace, link, process or directory of it is left."""
     with Lab(1) as small:
         names = [small.bridge, small.client_ns, *[h.ns for h in small.hosts.values()]]
         pid = small.agent(1).proc.pid
         root = small.root
-        if nft_unavailable() is None:
-            small.loss(1, 50)
+        small.loss(1, 50)
         small.cut(1)
     ns_left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout

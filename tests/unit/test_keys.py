@@ -68,3 +68,45 @@ def test_tombstone_ids_tell_forgeries_apart(signer: tuple[object, str]) -> None:
     keys.check_tombstone(real, frozenset({pub}))
     with pytest.raises(Forbidden):
         keys.check_tombstone(forged, frozenset({pub}))
+
+
+def test_a_rollback_order_binds_the_version_it_restores(signer: tuple[object, str]) -> None:
+    priv, pub = signer
+    trusted = frozenset({pub})
+    at = time.time()
+    order = {"op": "rollback", "name": "double", "restores": "0123456789abcdef",
+             "sha256": "a" * 64, "abi": "export", "export": "double", "limits": {},
+             "at": at, "key": pub}
+    m = Manifest(name="double", version=3, sha256="a" * 64, size=10, abi="export",
+                 export="double", limits=Limits(), deployed_at=at, publisher=pub,
+                 signature=keys.sign(priv, order), rollback_of=1, order=order,
+                 restores="0123456789abcdef")
+    keys.check_manifest(m, trusted, now=at)
+    for other in (dataclasses.replace(m, restores="fedcba9876543210"),
+                  dataclasses.replace(m, restores=None)):
+        with pytest.raises(Forbidden, match="does not describe"):
+            keys.check_manifest(other, trusted)
+
+
+def test_a_rollback_signed_before_restores_existed_stays_verifiable(
+        signer: tuple[object, str]) -> None:
+    old = rollback(signer, Limits(timeout_ms=100), "double")  # no "restores" anywhere
+    assert old.restores is None and "restores" not in old.to_json()
+    keys.check_manifest(old, frozenset({signer[1]}))
+
+
+def test_an_order_dated_more_than_a_minute_ahead_is_refused(signer: tuple[object, str]) -> None:
+    priv, pub = signer
+    trusted = frozenset({pub})
+    now = time.time()
+    for at, ok in ((now + 59, True), (now + 61, False), (now + 86_400, False),
+                   (now - 299, True), (now - 301, False)):
+        order = {"op": "delete", "name": "double", "at": at, "key": pub}
+        t = Tombstone("double", at, pub, keys.sign(priv, order), order)
+        if ok:
+            keys.check_tombstone(t, trusted, now=now)
+            keys.check_order(order, t.signature or "", trusted, now=now)
+        else:
+            with pytest.raises(Forbidden, match="ahead of this agent's clock" if at > now
+                               else "replayed"):
+                keys.check_tombstone(t, trusted, now=now)

@@ -272,3 +272,18 @@ def test_current_is_independent_of_order_even_when_keys_tie(
 def test_file_id_sorts_like_key() -> None:
     ms = [make(at=at, sha=sha) for at in (0.5, 1.0, 10.0, 1e9) for sha in (SHA_A, SHA_B)]
     assert sorted(ms, key=lambda m: m.file_id) == sorted(ms, key=lambda m: m.key)
+
+
+# ------------------------------------------------------------------------------ restores
+def test_restores_round_trips_and_is_absent_when_unset() -> None:
+    m = make(version=4, rollback_of=2, restores="0123456789abcdef")
+    assert mf.decode(m.encode()) == m
+    assert json.loads(make().encode()).get("restores", _DROP) is _DROP
+    # An old manifest (no field) keeps its id: the field is absent, not null.
+    assert make().id == mf.decode(mf.canonical(raw())).id
+
+
+@pytest.mark.parametrize("bad", ['"xyz"', "12", '"0123456789ABCDEF"', '"0123456789abcdef0"'])
+def test_restores_must_be_a_manifest_id(bad: str) -> None:
+    with pytest.raises(BadRequest, match="restores"):
+        mf.from_json(raw(restores=json.loads(bad)))

@@ -461,3 +461,93 @@ def test_supervisor_restarts_a_crashed_trio_side(make_host: HostFactory) -> None
     assert (a.peer_id, a.addrs) == (peer_id, addrs)  # same key, same port
     gossip_flows(a, rb, "after-a")  # fresh sequence numbers: not dropped as seen
     gossip_flows(b, ra, "after-b")
+
+
+# --- 7. bounds on remote input and the patch self-check (issue 11) -----------------------
+
+
+SLOW = "/nebula-test/slow/1"
+
+
+def test_a_peer_gets_at_most_8_request_streams_served_at_once(make_host: HostFactory) -> None:
+    release = threading.Event()
+    entered = threading.Semaphore(0)
+
+    def slow(peer: str, payload: bytes) -> bytes:
+        entered.release()
+        release.wait(20)
+        return b"done"
+
+    b, rb = make_host("b", handlers={SLOW: slow})
+    a, ra = make_host("a")
+    connect(a, ra, b, rb)
+    futures = [a.request(b.peer_id, SLOW, b"x", timeout=20) for _ in range(8)]
+    for _ in range(8):
+        assert entered.acquire(timeout=10)  # the first 8 are in service ...
+    extra = [a.request(b.peer_id, SLOW, b"x", timeout=20) for _ in range(3)]
+    for fut in extra:  # ... the next are refused at once, not queued
+        with pytest.raises(PeerUnavailable, match="peer_limit"):
+            fut.result(10)
+    assert b.health().requests_refused == {"peer_limit": 3}
+    release.set()
+    assert [f.result(10) for f in futures] == [b"done"] * 8
+    assert a.request(b.peer_id, SLOW, b"x").result(10) == b"done"  # the slots came back
+
+
+def test_mdns_candidates_are_dialled_and_unreachable_ones_backed_off(
+        make_host: HostFactory) -> None:
+    a, ra = make_host("a")
+    b, _ = make_host("b")
+    a.candidate(b.peer_id, b.addrs)
+    wait_until(lambda: ra.ups(b.peer_id) == 1, 10, "A dials the candidate B")
+    # A forged answer naming a port nobody listens on: dialled at 0, ~1, ~3 s, not in a loop.
+    ghost = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"
+    a.candidate(ghost, [f"/ip4/127.0.0.1/tcp/{free_port()}/p2p/{ghost}"])
+    a.candidate(ghost, [f"/ip4/127.0.0.1/tcp/1/p2p/{b.peer_id}"])  # not its id: ignored
+    wait_until(lambda: a.health().candidate_dial_failures >= 2, 10, "two failed dials")
+    time.sleep(1.0)  # let a tight redial loop show itself if there were one
+    failures = a.health().candidate_dial_failures
+    assert 2 <= failures <= 3, failures
+    assert a.health().candidates == 2
+    bound = {x.name: x for x in a.bounds()}["mdns_candidates"]
+    assert (bound.size, bound.limit) == (2, 256)
+
+
+def test_the_event_queue_drops_gossip_past_its_bound_but_never_peer_events() -> None:
+    import asyncio
+
+    async def fill() -> tuple[int, int, list[str]]:
+        q = P2PHost.event_queue()
+        q.max_gossip = 3
+        for i in range(5):
+            q.put_nowait(GossipMessage(TOPIC, "p", bytes([i])))
+        q.put_nowait(PeerLost("p"))
+        kinds = []
+        while not q.empty():
+            kinds.append(type(q.get_nowait()).__name__)
+        return q.dropped, q.gossip, kinds
+
+    dropped, left, kinds = asyncio.run(fill())
+    assert (dropped, left) == (2, 0)
+    assert kinds == ["GossipMessage"] * 3 + ["PeerLost"]
+
+
+def test_start_refuses_when_a_libp2p_patch_would_not_take(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nebula_edge.net import p2p_hardening
+
+    pubsub_module = vars(p2p_hardening)["_pubsub_module"]  # the library, as patched
+    from nebula_edge.net.p2p import PatchCheckFailed
+
+    p2p_hardening.install()
+    assert p2p_hardening.check_patches() == []
+    monkeypatch.setattr(pubsub_module, "SUBSCRIPTION_CHANNEL_SIZE", 32)  # reset by a reload
+    monkeypatch.setattr(pubsub_module.Pubsub, "push_msg", lambda *a: None)  # a new version
+    host = P2PHost(key_path=tmp_path / "k", listen_ip="127.0.0.1", port=free_port(),
+                   advertise_ips=["127.0.0.1"], topics=[TOPIC], on_event=Recorder(),
+                   handlers={})
+    with pytest.raises(PatchCheckFailed) as info:
+        host.start()
+    assert "SUBSCRIPTION_CHANNEL_SIZE" in str(info.value)
+    assert "Pubsub.push_msg is not our wrapper" in str(info.value)
+    assert not _our_threads()

@@ -49,6 +49,10 @@ def build_parser() -> GoFlags:
            "at least 2)")
     p.flag("queue", type=int, default=d.queue, help="calls that may wait for a worker before "
            "503 (default 64)")
+    p.flag("wait-workers", type=int, default=d.wait_workers,
+           help="spare threads for calls waiting in a WASI sleep (default 32)")
+    p.flag("max-table-elements", type=int, default=d.table_elements,
+           help="cap on the elements of each Wasm table of a call (default 100000)")
     p.flag("header-timeout", type=float, default=d.header_timeout_s,
            help="close a connection without a complete request head after this many s "
                 "(default 15)")
@@ -94,6 +98,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[EdgeConfig, bool]:
         token=a.token or None, exec_token=a.exec_token, p2p_port=a.p2p_port,
         peers=tuple(a.peer), mdns=a.mdns, mdns_interfaces=ifaces,
         trusted_keys=read_trust(a.trust, [Path(f) for f in a.trust_file]),
+        wait_workers=max(0, a.wait_workers), table_elements=max(1, a.max_table_elements),
     )
     return cfg, a.mesh
 

@@ -13,6 +13,20 @@ by itself) the thread logs it and starts a new incarnation, same key and port, a
 and requests survive; calls in flight fail with ``PeerUnavailable``; every connected
 peer is reported lost and remembered peers are redialled.
 
+**Health.** :meth:`P2PHost.health` says whether an incarnation runs, how often and when
+it was restarted, how late the trio loop is (a task ticks every 0.25 s; 5 s late is
+"blocked"), what was dropped; :attr:`P2PHealth.problems` is what makes ``/healthz``
+say "degraded". Before the first start, every py-libp2p patch is checked to have taken
+effect (``p2p_hardening.check_patches``); if one did not, ``start`` raises
+:class:`PatchCheckFailed` and the mesh does not start. ``TEST_HOOKS_ENV`` adds signal
+hooks that crash or block the trio side (tests only).
+
+**Remote input is bounded** (each limit documented where it is defined; all shown by
+:meth:`P2PHost.bounds`): mDNS sightings are candidates in a bounded, expiring table
+dialled with backoff, a few at a time (``candidates.py``); request streams per peer and
+in all, each within a deadline; gossip handed to asyncio (:class:`EventQueue`); gossipsub's
+per-origin penalties.
+
 **Transport.** TCP + Noise + yamux, ed25519 identity kept at ``key_path``; gossipsub
 ``/meshsub/1.2.0`` (1.1.0 accepted), strict signing, heartbeat ``heartbeat_s``. A host
 receives its own publishes: they are not delivered. Gossip payloads are capped at
@@ -29,15 +43,18 @@ over request streams: raw streams carried 10 MiB in ~120 ms, while libp2p's
               status 1: error, body = utf-8 "ExceptionType: message" (<= 4 KiB)
 
 The server reads at most ``max_request_size`` bytes within 30 s, runs the handler in a
-worker thread (8 at once), answers and closes. The client resets the stream and fails
-with ``PayloadTooLarge`` on N - 1 > ``max_response``, ``PeerUnavailable`` otherwise.
+worker thread (8 at once), answers and closes, all within 120 s; a peer with 8 streams
+in service, or 64 in service in all, gets status 1 ("Overloaded: ...") at once. The
+client resets the stream and fails with ``PayloadTooLarge`` on N - 1 > ``max_response``,
+``PeerUnavailable`` otherwise.
 
 **Liveness.** ``/nebula-edge/ping/1.0.0``: every ``heartbeat_s`` each side writes 8
 random bytes on one long-lived stream and expects them back within ``heartbeat_s``;
 3 misses in a row close the peer's connections. A closed connection is lost at once; a
 frozen peer (no FIN) within ~4 heartbeats (measured 1.95 s at 0.5 s). Addresses given to
-``connect`` are remembered and redialled while the host runs: 0.5 s doubling to 10 s,
-jittered, forever.
+``connect`` (operator-given peers) are remembered and redialled while the host runs:
+0.5 s doubling to 10 s, jittered, forever; addresses from :meth:`P2PHost.candidate`
+(mDNS, unauthenticated) are not.
 
 **py-libp2p 0.8.1 workarounds** (why and numbers: ``p2p_hardening``): class-level wraps
 of ``Pubsub.stream_handler`` and ``Pubsub.push_msg`` (a garbage frame or key killed the
@@ -53,10 +70,13 @@ fixed; adaptive gossip off (it stretches the heartbeat to 30-60 s).
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import ipaddress
 import logging
+import os
+import signal
 import threading
 import time
 from collections import deque
@@ -69,13 +89,19 @@ import trio
 
 from nebula_edge.errors import NebulaError, PeerUnavailable
 from nebula_edge.net import p2p_hardening as hardened
-from nebula_edge.net.p2p_hardening import Command, HostConfig, Incarnation
+from nebula_edge.net.candidates import MAX_CANDIDATE_DIALS, MAX_CANDIDATES, CandidateTable
+from nebula_edge.net.p2p_hardening import Command, HostConfig, Incarnation, PatchCheckFailed
 
 __all__ = [
     "PING_PROTOCOL",
+    "TEST_HOOKS_ENV",
+    "Bound",
+    "EventQueue",
     "GossipMessage",
     "P2PEvent",
+    "P2PHealth",
     "P2PHost",
+    "PatchCheckFailed",
     "PeerConnected",
     "PeerLost",
     "RequestHandler",
@@ -87,6 +113,20 @@ PING_PROTOCOL = hardened.PING_PROTOCOL
 _RESTART_INITIAL_S, _RESTART_MAX_S, _RESTART_HEALTHY_S = 0.5, 10.0, 30.0
 _MAX_QUEUED_PUBLISHES = 10_000
 _MAX_ADDRS_PER_PEER = 8
+MAX_QUEUED_GOSSIP = 1024
+"""Gossip events handed to the asyncio side and not yet taken (:class:`EventQueue`).
+Gossip arrives at most at the spam limit per neighbour while the mesh handles thousands
+a second; 1024 absorbs a burst of 20 full publishers, and past it the newest is dropped
+(counted): a lost announcement is repaired by the next sync."""
+MAX_QUEUED_GOSSIP_BYTES = 16 * 1024 * 1024
+"""The same queue in bytes: 1024 messages of the 64 KiB maximum would be 64 MiB."""
+RESTART_SETTLE_S = 30.0
+"""After a restart the host counts as degraded for this long: the supervisor's own span
+of health (``_RESTART_HEALTHY_S``), so a crash loop, whose restarts come at most 10 s
+apart (the backoff cap), stays degraded from its first crash to its last."""
+TEST_HOOKS_ENV = "NEBULA_EDGE_TEST_HOOKS"
+"""``1``: SIGUSR1 crashes the running trio side (the supervisor restarts it) and SIGUSR2
+blocks its loop for 8 s (the loop watchdog notices). For tests only; off by default."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +155,95 @@ class GossipMessage:
 
 
 P2PEvent = PeerConnected | PeerLost | GossipMessage
+
+
+@dataclass(frozen=True)
+class Bound:
+    """One bounded structure, for ``/metrics``: how full, its limit, what it dropped."""
+
+    name: str
+    size: int
+    limit: int
+    dropped: int
+
+
+@dataclass(frozen=True)
+class P2PHealth:
+    """A snapshot of the host's health (:meth:`P2PHost.health`)."""
+
+    running: bool
+    """An incarnation is listening (False while the supervisor waits to restart it)."""
+    restarts: int
+    last_restart_at: float | None
+    """``time.time()`` when the supervisor last found the host dead and restarted it
+    (after its backoff), None if it never did."""
+    since_restart_s: float | None
+    dropped_publishes: int
+    loop_lag_s: float | None
+    """Seconds since the trio loop last proved it runs (None when not running)."""
+    loop_stalls: int
+    """Times the loop woke up ``LOOP_BLOCKED_S`` or more late."""
+    candidates: int
+    candidate_dials: int
+    candidate_dial_failures: int
+    requests_refused: dict[str, int]
+    gossip_received: int
+    """Gossip messages delivered (passed the topic validator, not our own)."""
+
+    @property
+    def problems(self) -> list[str]:
+        """Why the host is degraded (empty: it is not)."""
+        out = []
+        if not self.running:
+            out.append(f"libp2p host is down (restart {self.restarts} pending)")
+        elif self.since_restart_s is not None and self.since_restart_s < RESTART_SETTLE_S:
+            out.append(f"libp2p host restarted {self.since_restart_s:.1f} s ago "
+                       f"({self.restarts} restart(s))")
+        if self.loop_lag_s is not None and self.loop_lag_s >= hardened.LOOP_BLOCKED_S:
+            out.append(f"libp2p loop blocked for {self.loop_lag_s:.1f} s")
+        return out
+
+
+class EventQueue(asyncio.Queue[P2PEvent]):
+    """The hand-over of host events to the asyncio side, bounded for gossip.
+
+    Peer events are always queued (a lost ``PeerLost`` would leave a ghost peer; there is
+    one per connection change). Gossip past :data:`MAX_QUEUED_GOSSIP` messages or
+    :data:`MAX_QUEUED_GOSSIP_BYTES` is dropped and counted in :attr:`dropped`. Use on the
+    asyncio loop only (``put_nowait`` through ``call_soon_threadsafe``).
+    """
+
+    def __init__(self, max_gossip: int = MAX_QUEUED_GOSSIP,
+                 max_bytes: int = MAX_QUEUED_GOSSIP_BYTES) -> None:
+        super().__init__()
+        self.max_gossip, self.max_bytes = max_gossip, max_bytes
+        self.gossip = 0
+        self.bytes = 0
+        self.dropped = 0
+
+    def put_nowait(self, item: P2PEvent) -> None:
+        if isinstance(item, GossipMessage) and (
+            self.gossip >= self.max_gossip or self.bytes + len(item.data) > self.max_bytes
+        ):
+            self.dropped += 1
+            return
+        super().put_nowait(item)
+
+    def _put(self, item: P2PEvent) -> None:
+        if isinstance(item, GossipMessage):
+            self.gossip += 1
+            self.bytes += len(item.data)
+        super()._put(item)
+
+    def _get(self) -> P2PEvent:
+        item: P2PEvent = super()._get()
+        if isinstance(item, GossipMessage):
+            self.gossip -= 1
+            self.bytes -= len(item.data)
+        return item
+
+    def bound(self) -> Bound:
+        return Bound("p2p_gossip_events", self.gossip, self.max_gossip, self.dropped)
 RequestHandler = Callable[[str, bytes], bytes]
 """(peer_id, request) -> response. Runs in a worker thread; may block; may raise (the
 caller gets ``PeerUnavailable`` with "ExceptionType: message")."""
@@ -194,6 +323,21 @@ class P2PHost:
         self._remembered: dict[str, list[str]] = {}
         self._restarts = 0
         self._dropped_publishes = 0
+        self._running = False
+        self._last_restart: tuple[float, float] | None = None  # (time.time(), monotonic)
+        self._last_tick: float | None = None
+        self._loop_stalls = 0
+        self._gossip_received = 0
+        self._penalties = hardened.CappedPenalties()  # used on the trio thread only
+        self._candidates = CandidateTable(jitter=hardened.jitter)
+        self._refused: dict[str, int] = {}
+        if os.environ.get(TEST_HOOKS_ENV) == "1":
+            self._install_test_hooks()
+
+    @staticmethod
+    def event_queue() -> EventQueue:
+        """A bounded queue for ``on_event`` to hand events to an asyncio loop."""
+        return EventQueue()
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -207,6 +351,13 @@ class P2PHost:
             if self._state != "new":
                 raise RuntimeError(f"P2PHost.start() on a {self._state} host")
             self._state = "running"
+        hardened.install()
+        problems = hardened.check_patches()
+        if problems:
+            with self._lock:
+                self._state = "stopped"
+            raise PatchCheckFailed("py-libp2p workarounds did not take effect (was the "
+                                   "library upgraded?): " + "; ".join(problems))
         key_pair, self._peer_id = hardened.load_or_create_identity(self._key_path)
         self._thread = threading.Thread(
             target=self._supervise,
@@ -220,6 +371,8 @@ class P2PHost:
             self.stop()
             if not ready:
                 raise TimeoutError(f"p2p host not listening after {timeout}s")
+            if isinstance(self._start_error, PatchCheckFailed):
+                raise self._start_error
             raise RuntimeError(f"p2p host failed to start: {self._start_error!r}") from (
                 self._start_error
             )
@@ -281,6 +434,47 @@ class P2PHost:
         with self._lock:
             return self._dropped_publishes
 
+    def health(self) -> P2PHealth:
+        """Restarts, loop watchdog, drops: see :class:`P2PHealth`. Thread-safe."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._last_restart
+            running = self._running
+            return P2PHealth(
+                running=running,
+                restarts=self._restarts,
+                last_restart_at=last[0] if last else None,
+                since_restart_s=now - last[1] if last else None,
+                dropped_publishes=self._dropped_publishes,
+                loop_lag_s=(now - self._last_tick) if running and self._last_tick else None,
+                loop_stalls=self._loop_stalls,
+                candidates=len(self._candidates),
+                candidate_dials=self._candidates.dials,
+                candidate_dial_failures=self._candidates.dial_failures,
+                requests_refused=dict(self._refused),
+                gossip_received=self._gossip_received,
+            )
+
+    def bounds(self) -> list[Bound]:
+        """Every bounded structure of the host, for ``/metrics``. Thread-safe."""
+        with self._lock:
+            cands = self._candidates
+            refused = self._refused
+            penalties = self._penalties
+            return [
+                Bound("p2p_publish_queue", len(self._publishes), _MAX_QUEUED_PUBLISHES,
+                      self._dropped_publishes),
+                Bound("mdns_candidates", len(cands), MAX_CANDIDATES,
+                      cands.evicted + cands.expired),
+                Bound("mdns_candidate_dials", cands.dialling, MAX_CANDIDATE_DIALS, 0),
+                Bound("p2p_request_streams", 0, hardened.MAX_REQUESTS_IN_FLIGHT,
+                      refused.get("all_peers_limit", 0) + refused.get("deadline", 0)),
+                Bound("p2p_request_streams_per_peer", 0, hardened.MAX_REQUESTS_PER_PEER,
+                      refused.get("peer_limit", 0)),
+                Bound("gossip_origin_penalties", len(penalties),
+                      hardened.MAX_ORIGIN_PENALTIES, penalties.evicted),
+            ]
+
     def connected_peers(self) -> dict[str, list[str]]:
         """Snapshot: connected peer id -> addresses (a peer that dialled us: its listen
         addresses once identified, its remote address before). Thread-safe."""
@@ -336,6 +530,23 @@ class P2PHost:
         self._submit(Command(fut, run))
         return fut
 
+    def candidate(self, peer_id: str, multiaddrs: Sequence[str]) -> None:
+        """An unauthenticated sighting of ``peer_id`` (mDNS): dial it when due, with
+        backoff, a few at a time, and forget it if not heard of again (``candidates.py``).
+        Addresses not ending ``/p2p/<peer_id>`` are ignored. Thread-safe, never raises."""
+        addrs = []
+        for addr in multiaddrs[:_MAX_ADDRS_PER_PEER]:
+            with contextlib.suppress(ValueError):
+                if hardened.peer_id_of(addr) == peer_id != self._peer_id:
+                    addrs.append(addr)
+        with self._lock:
+            if self._state == "stopped":
+                return
+            new = self._candidates.offer(peer_id, addrs, time.monotonic())
+            inc, token = self._inc, self._token
+        if new and inc is not None and token is not None:
+            self._poke(token, inc.candidates_changed)
+
     def request(
         self,
         peer_id: str,
@@ -375,6 +586,31 @@ class P2PHost:
 
         fut: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._submit(Command(fut, run))
+
+    def _block_loop(self, seconds: float) -> None:
+        """Test hook: block the running trio loop for ``seconds`` (a stuck call would)."""
+
+        async def run(inc: Incarnation) -> None:
+            hardened.resolve(fut, None)
+            inc.block(seconds)
+
+        fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._submit(Command(fut, run))
+
+    def _install_test_hooks(self) -> None:
+        """SIGUSR1: crash the trio side; SIGUSR2: block its loop 8 s (``TEST_HOOKS_ENV``).
+        The handlers hand the work to a thread: a signal handler must not take our lock."""
+        if threading.current_thread() is not threading.main_thread():
+            logger.warning("p2p: %s set, but not on the main thread: no hooks", TEST_HOOKS_ENV)
+            return
+
+        def on(fn: Callable[[], None]) -> Callable[[int, Any], None]:
+            return lambda _sig, _frame: threading.Thread(target=fn, daemon=True).start()
+
+        signal.signal(signal.SIGUSR1, on(self._inject_failure))
+        signal.signal(signal.SIGUSR2, on(lambda: self._block_loop(8.0)))
+        logger.warning("p2p: test hooks on (%s=1): SIGUSR1 crashes libp2p, SIGUSR2 blocks "
+                       "its loop for 8 s", TEST_HOOKS_ENV)
 
     def _send_raw(
         self, peer_id: str, protocol: str, chunks: Sequence[bytes]
@@ -458,11 +694,39 @@ class P2PHost:
                 self._connected[peer] = addrs
 
     def _gossip(self, topic: str, publisher: str, data: bytes) -> None:
+        with self._lock:
+            self._gossip_received += 1
         self._emit(GossipMessage(topic, publisher, data))
+
+    def _tick(self, now: float, lag: float) -> None:
+        with self._lock:
+            self._last_tick = now
+            if lag >= hardened.LOOP_BLOCKED_S:
+                self._loop_stalls += 1
+        if lag >= hardened.LOOP_BLOCKED_S:
+            logger.error("p2p: the libp2p loop was blocked for %.1f s", lag)
+
+    def _due_candidates(self, now: float, busy: set[str]) -> list[tuple[str, list[str]]]:
+        with self._lock:
+            return self._candidates.due(now, busy)
+
+    def _candidate_dialled(self, peer: str, ok: bool, now: float) -> None:
+        with self._lock:
+            self._candidates.dialled(peer, ok, now)
+
+    def _candidate_wait(self, now: float) -> float:
+        with self._lock:
+            return self._candidates.wait(now)
+
+    def _request_refused(self, reason: str) -> None:
+        with self._lock:
+            self._refused[reason] = self._refused.get(reason, 0) + 1
 
     def _on_listening(self, inc: Incarnation, port: int) -> None:
         with self._lock:
             self._port, self._inc = port, inc
+            self._running, self._last_tick = True, time.monotonic()
+            self._candidates.reset_dialling()
             self._token = trio.lowlevel.current_trio_token()
             stopping = self._stop_flag.is_set()
         self._ready.set()
@@ -479,7 +743,9 @@ class P2PHost:
             hardened.fail(cmd.future, PeerUnavailable("request timed out: p2p host restarting"))
 
     async def _incarnation(self, key_pair: Any, port: int) -> None:
-        await Incarnation(self, self._config, key_pair, self.peer_id, port).run()
+        inc = Incarnation(self, self._config, key_pair, self.peer_id, port)
+        inc.penalties = self._penalties  # survives restarts: its evictions are a counter
+        await inc.run()
 
     def _supervise(self, key_pair: Any) -> None:
         """The host thread: run incarnations until stopped, with backoff between them."""
@@ -495,6 +761,7 @@ class P2PHost:
             finally:
                 with self._lock:
                     self._inc = self._token = None
+                    self._running = False
                     lost = list(self._connected)
                 for peer in lost:
                     self._peer_down(peer)
@@ -509,6 +776,7 @@ class P2PHost:
             delay, backoff = hardened.jitter(backoff), min(backoff * 2, _RESTART_MAX_S)
             with self._lock:
                 self._restarts += 1
+                self._last_restart = (time.time(), time.monotonic())
             logger.error("p2p host crashed; restarting in %.1fs", delay, exc_info=error or True)
             resume = time.monotonic() + delay
             while time.monotonic() < resume and not self._stop_flag.wait(0.1):

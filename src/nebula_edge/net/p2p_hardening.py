@@ -38,6 +38,7 @@ trio thread. Workarounds, each measured (``/work/shared/notes/dependencies.md``)
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import contextvars
@@ -70,6 +71,7 @@ from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.tools.anyio_service import background_trio_service
+from libp2p.tools.timed_cache.last_seen_cache import LastSeenCache
 from multiaddr import Multiaddr
 
 from nebula_edge.errors import NebulaError, PayloadTooLarge, PeerUnavailable
@@ -97,6 +99,29 @@ DIAL_TIMEOUT_S = 10.0
 PUBLISH_RATE_PER_S, PUBLISH_BURST = 100.0, 50.0
 HANDLER_THREADS = 8
 REQUEST_READ_TIMEOUT_S = 30.0
+REQUEST_DEADLINE_S = 120.0
+"""Whole exchange on the serving side (read, handler, write). The largest answer, an
+80 MiB blob, takes ~1 s on loopback and 8 s at 10 MB/s; the client's own timeout for it
+is 10 s + 1 s per 5 MiB (26 s): past 120 s nobody is waiting for the answer."""
+MAX_REQUESTS_PER_PEER = 8
+"""Request streams one peer may have in service at once. A well-behaved agent has at most
+4 blob fetches (``FETCH_CONCURRENCY``), 1 sync and 1 info request in flight with a peer;
+beyond 8 the stream gets an error answer at once (counted), so one peer cannot take the
+handler threads from the others."""
+MAX_REQUESTS_IN_FLIGHT = 64
+"""Request streams in service at once from all peers: 8 peers at their full share. Each
+waits for one of ``HANDLER_THREADS``; past 64 the stream gets an error answer (counted)."""
+MAX_ORIGIN_PENALTIES = 1024
+"""Origins with an equivocation penalty in gossipsub's scorer (a ``defaultdict`` keyed by
+the message's origin id, which a sender mints at will: one entry per equivocating
+origin, never removed). Past 1024 the least recently penalised is forgotten (counted):
+an honest mesh has no equivocating origin at all."""
+LOOP_TICK_S = 0.25
+"""How often the trio loop proves it is alive (:attr:`Incarnation.last_tick`)."""
+LOOP_BLOCKED_S = 5.0
+"""A trio loop silent for longer is blocked: a handler runs in a thread, so nothing on
+the loop should take more than milliseconds; 5 s is past ``LOST_AFTER_S`` (4 s), so by
+then peers have started dropping us as frozen."""
 ERROR_TEXT_MAX = 4096
 _READ_CHUNK = 1024 * 1024
 _U32 = struct.Struct(">I")
@@ -164,6 +189,14 @@ async def _read_exactly(stream: Any, n: int) -> bytes:
     return bytes(buf)
 
 
+async def _refuse(stream: Any, text: str) -> None:
+    """Answer a request stream with an error at once, without reading the request."""
+    body = text.encode()[:ERROR_TEXT_MAX]
+    with trio.move_on_after(2.0), contextlib.suppress(Exception):
+        await stream.write(_U32.pack(len(body) + 1) + b"\x01" + body)
+    await _discard(stream, reset=False)
+
+
 async def _discard(stream: Any, *, reset: bool) -> None:
     """Close (or reset) a stream, even from a cancelled scope, for at most 1 s."""
     with (
@@ -190,6 +223,18 @@ def _penalise(pubsub: Pubsub, peer_id: ID) -> None:
             scorer.penalize_behavior(peer_id, 1.0)
 
 
+_PATCHED = "__nebula_patch__"
+"""Attribute set on every wrapper we install, so :func:`check_patches` can find it."""
+_ORIGINALS: dict[str, Any] = {}
+"""The library's own functions we wrapped, by ``Class.attr``."""
+
+
+def _mark(owner: type, attr: str, wrapper: Any) -> None:
+    _ORIGINALS[f"{owner.__name__}.{attr}"] = getattr(owner, attr)
+    setattr(wrapper, _PATCHED, True)
+    setattr(owner, attr, wrapper)
+
+
 def _wrap_pubsub() -> None:
     original_stream_handler, original_push_msg = Pubsub.stream_handler, Pubsub.push_msg
 
@@ -211,8 +256,8 @@ def _wrap_pubsub() -> None:
             logger.warning("pubsub: dropped a malformed message via %s (%r)", msg_forwarder, exc)
             _penalise(self, msg_forwarder)
 
-    Pubsub.stream_handler = stream_handler  # type: ignore[method-assign]
-    Pubsub.push_msg = push_msg  # type: ignore[method-assign]
+    _mark(Pubsub, "stream_handler", stream_handler)
+    _mark(Pubsub, "push_msg", push_msg)
 
 
 # The muxed connection `upgrade_inbound_raw_conn` produced, per inbound handler task.
@@ -256,8 +301,8 @@ def _fix_inbound_leak() -> None:
         finally:
             _inbound_conn.reset(token)
 
-    Swarm.upgrade_inbound_raw_conn = upgrade_inbound_raw_conn  # type: ignore[method-assign]
-    Swarm._do_handle_inbound_connection = do_handle_inbound_connection  # type: ignore[method-assign]
+    _mark(Swarm, "upgrade_inbound_raw_conn", upgrade_inbound_raw_conn)
+    _mark(Swarm, "_do_handle_inbound_connection", do_handle_inbound_connection)
 
 
 _install_lock = threading.Lock()
@@ -279,6 +324,121 @@ def install() -> None:
 
 async def _no_auto_connect() -> None:
     return None
+
+
+class CappedPenalties(collections.OrderedDict[Any, float]):
+    """A ``defaultdict(float)`` of penalties by origin, least recently set evicted past
+    ``limit``; reading a missing origin gives 0.0 without storing it."""
+
+    def __init__(self, limit: int = MAX_ORIGIN_PENALTIES) -> None:
+        super().__init__()
+        self.limit = limit
+        self.evicted = 0
+
+    def __missing__(self, key: Any) -> float:
+        return 0.0
+
+    def __setitem__(self, key: Any, value: float) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+            self.evicted += 1
+
+
+# --- self-check: did every patch take effect? ----------------------------------------------
+
+
+class PatchCheckFailed(NebulaError):
+    """A py-libp2p workaround did not take effect (the library changed): no mesh."""
+
+    code = "libp2p_patch_failed"
+    status = 500
+
+
+def _refers(fn: Any, name: str) -> bool:
+    """Whether ``fn``'s code (or code nested in it) reads ``name`` (global or attribute)."""
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    todo = [code] if code is not None else []
+    while todo:
+        c = todo.pop()
+        if name in c.co_names:
+            return True
+        todo.extend(k for k in c.co_consts if hasattr(k, "co_names"))
+    return False
+
+
+def _any_refers(cls: type, name: str) -> bool:
+    return any(_refers(fn, name) for fn in vars(cls).values() if callable(fn))
+
+
+def check_patches() -> list[str]:
+    """What is wrong with the class- and module-level patches (empty: all in effect).
+
+    Beyond "our wrapper is in place", each check asks whether the library still *reads*
+    what we changed: a module global nobody reads any more, or a method nobody calls,
+    would take the assignment silently and change nothing. Thread-safe.
+    """
+    problems: list[str] = []
+    for owner, attr in ((Pubsub, "stream_handler"), (Pubsub, "push_msg"),
+                        (Swarm, "upgrade_inbound_raw_conn"),
+                        (Swarm, "_do_handle_inbound_connection")):
+        if not getattr(getattr(owner, attr, None), _PATCHED, False):
+            problems.append(f"{owner.__name__}.{attr} is not our wrapper")
+    original_handle = _ORIGINALS.get("Swarm._do_handle_inbound_connection")
+    if original_handle is not None and not _refers(original_handle, "upgrade_inbound_raw_conn"):
+        problems.append("Swarm._do_handle_inbound_connection no longer calls "
+                        "upgrade_inbound_raw_conn (the inbound task-leak fix would not apply)")
+    if not _any_refers(Swarm, "_do_handle_inbound_connection"):
+        problems.append("no Swarm method calls _do_handle_inbound_connection any more")
+    if getattr(_pubsub_module, "RpcQueue", None) is not _NebulaRpcQueue:
+        problems.append("libp2p.pubsub.pubsub.RpcQueue is not ours (outbound queue limits)")
+    if not _any_refers(Pubsub, "RpcQueue"):
+        problems.append("Pubsub no longer builds its RpcQueue from the module global: "
+                        f"the {OUTBOUND_QUEUE_LEN}-RPC outbound queue would not apply")
+    if getattr(_pubsub_module, "SUBSCRIPTION_CHANNEL_SIZE", None) != SUBSCRIPTION_BUFFER:
+        problems.append("libp2p.pubsub.pubsub.SUBSCRIPTION_CHANNEL_SIZE is not "
+                        f"{SUBSCRIPTION_BUFFER}")
+    if not _any_refers(Pubsub, "SUBSCRIPTION_CHANNEL_SIZE"):
+        problems.append("Pubsub no longer reads SUBSCRIPTION_CHANNEL_SIZE: the "
+                        f"{SUBSCRIPTION_BUFFER}-message subscription buffer would not apply")
+    if not _refers(getattr(Pubsub, "_next_seqno", None), "counter"):
+        problems.append("Pubsub._next_seqno no longer counts from Pubsub.counter "
+                        "(sequence numbers would repeat after a restart)")
+    if not _any_refers(Swarm, "maybe_connect"):
+        problems.append("the swarm no longer calls auto_connector.maybe_connect "
+                        "(switching the AutoConnector off would do nothing)")
+    if not callable(getattr(Swarm, "unblock_peer", None)):
+        problems.append("Swarm.unblock_peer is gone (redials would be refused for 60 s)")
+    if not callable(getattr(LastSeenCache, "stop", None)):
+        problems.append("LastSeenCache.stop is gone (its thread would outlive the host)")
+    return problems
+
+
+def check_instance(pubsub: Any, router: Any, network: Any) -> list[str]:
+    """What is wrong with the settings of one incarnation's objects (empty: all in
+    effect). Called on the trio thread once they are built and set."""
+    problems: list[str] = []
+    expect = {
+        (pubsub, "max_inbound_rpc_size"): RPC_SIZE_LIMIT,
+        (router, "max_messages_per_topic_per_second"): SPAM_LIMIT_PER_S,
+        (router, "adaptive_gossip_enabled"): False,
+    }
+    for (obj, attr), want in expect.items():
+        if getattr(obj, attr, object()) != want:
+            problems.append(f"{type(obj).__name__}.{attr} is "
+                            f"{getattr(obj, attr, 'missing')!r}, not {want!r}")
+        elif not _any_refers(type(obj), attr):
+            problems.append(f"{type(obj).__name__} no longer reads {attr}")
+    if getattr(pubsub, "counter", 0) < 10**18:  # time.time_ns(), not int(time.time())
+        problems.append("Pubsub.counter was not set from time.time_ns()")
+    scorer = getattr(router, "scorer", None)
+    if not isinstance(getattr(scorer, "equivocation_penalties", None), CappedPenalties):
+        problems.append("gossipsub's per-origin equivocation penalties are not capped")
+    connector = getattr(network, "auto_connector", None)
+    if getattr(connector, "maybe_connect", None) is not _no_auto_connect:
+        problems.append("the swarm's AutoConnector is still on")
+    return problems
 
 
 # --- one incarnation ---------------------------------------------------------------------
@@ -318,6 +478,11 @@ class Owner(Protocol):
     def _peer_addrs(self, peer: str, addrs: list[str]) -> None: ...
     def _gossip(self, topic: str, publisher: str, data: bytes) -> None: ...
     def _on_listening(self, inc: Incarnation, port: int) -> None: ...
+    def _tick(self, now: float, lag: float) -> None: ...
+    def _due_candidates(self, now: float, busy: set[str]) -> list[tuple[str, list[str]]]: ...
+    def _candidate_dialled(self, peer: str, ok: bool, now: float) -> None: ...
+    def _candidate_wait(self, now: float) -> float: ...
+    def _request_refused(self, reason: str) -> None: ...
 
 
 class _Notifee(INotifee):
@@ -366,6 +531,9 @@ class Incarnation:
         self.dialers: dict[str, _Dialer] = {}
         self.pinged: set[str] = set()
         self.limiter = trio.CapacityLimiter(HANDLER_THREADS)
+        self.serving: dict[str, int] = {}  # peer -> its request streams in service
+        self.penalties = CappedPenalties()
+        self.candidate_wakeup = trio.Event()
         self.nursery: trio.Nursery | None = None
         self.host: Any = None
         self.pubsub: Any = None
@@ -374,6 +542,14 @@ class Incarnation:
         """Work was queued (called through the trio token)."""
         self.cmd_wakeup.set()
         self.pub_wakeup.set()
+
+    def candidates_changed(self) -> None:
+        """An mDNS candidate was offered (called through the trio token)."""
+        self.candidate_wakeup.set()
+
+    def block(self, seconds: float) -> None:
+        """Block the trio loop for ``seconds`` (the loop watchdog's test hook)."""
+        time.sleep(seconds)
 
     def crash(self, exc: Exception) -> None:
         """Fail this incarnation with ``exc`` (the supervisor's test hook)."""
@@ -421,6 +597,13 @@ class Incarnation:
             self.host, self.pubsub = host, pubsub
             network = host.get_network()
             network.auto_connector.maybe_connect = _no_auto_connect
+            scorer = getattr(router, "scorer", None)
+            if scorer is not None:  # keyed by origin ids, which senders mint
+                scorer.equivocation_penalties = self.penalties
+            problems = check_instance(pubsub, router, network)
+            if problems:
+                raise PatchCheckFailed("py-libp2p workarounds did not take effect: "
+                                       + "; ".join(problems))
             network.register_notifee(_Notifee(self))
             host.set_stream_handler(TProtocol(PING_PROTOCOL), self._serve_ping)
             for protocol, handler in config.handlers.items():
@@ -440,7 +623,8 @@ class Incarnation:
                             pubsub.set_topic_validator(topic, self._validate, False)
                             subscription = await pubsub.subscribe(topic)
                             nursery.start_soon(self._read_topic, topic, subscription)
-                        for task in (self._dispatch, self._publisher, self._liveness):
+                        for task in (self._dispatch, self._publisher, self._liveness,
+                                     self._ticker, self._dial_candidates):
                             nursery.start_soon(task)
                         nursery.start_soon(self._watchdog, [pubsub, router, network])
                         for peer in self.owner._remembered_peers():
@@ -472,6 +656,36 @@ class Incarnation:
             for service in services:
                 if not service.manager.is_running:
                     raise RuntimeError(f"libp2p {type(service).__name__} stopped by itself")
+
+    async def _ticker(self) -> None:
+        """Prove every ``LOOP_TICK_S`` that the loop runs; a late wake-up is a stall."""
+        while True:
+            began = time.monotonic()
+            await trio.sleep(LOOP_TICK_S)
+            now = time.monotonic()
+            self.owner._tick(now, now - began - LOOP_TICK_S)
+
+    # --- mDNS candidates: dialled with backoff, a few at a time ---------------------------
+
+    async def _dial_candidates(self) -> None:
+        """Dial the candidates that are due (the table in ``p2p.py`` decides which, how
+        many at once and when again); peers with a redial loop of their own are skipped."""
+        assert self.nursery is not None
+        while True:
+            now = time.monotonic()
+            busy = set(self.conns) | set(self.dialers)
+            for peer, addrs in self.owner._due_candidates(now, busy):
+                self.nursery.start_soon(self._dial_candidate, peer, addrs)
+            self.candidate_wakeup = trio.Event()
+            with trio.move_on_after(self.owner._candidate_wait(now)):
+                await self.candidate_wakeup.wait()
+
+    async def _dial_candidate(self, peer: str, addrs: list[str]) -> None:
+        ok = False
+        try:
+            ok = await self._dial_once(peer, addrs) is None
+        finally:
+            self.owner._candidate_dialled(peer, ok, time.monotonic())
 
     # --- connections and liveness ---------------------------------------------------------
 
@@ -609,9 +823,9 @@ class Incarnation:
                     await dialer.poke.wait()
                 backoff = min(backoff * 2, REDIAL_MAX_S)
 
-    async def _dial_once(self, peer: str) -> BaseException | None:
+    async def _dial_once(self, peer: str, given: list[str] | None = None) -> BaseException | None:
         addrs: list[Multiaddr] = []
-        for addr in self.owner._remembered_addrs(peer):
+        for addr in self.owner._remembered_addrs(peer) if given is None else given:
             addrs.extend(info_from_p2p_addr(Multiaddr(addr)).addrs)
         pid = ID.from_base58(peer)
         self.host.get_network().unblock_peer(pid)  # else refused for 60 s after a failure
@@ -741,6 +955,32 @@ class Incarnation:
         async def serve(stream: Any) -> None:
             try:
                 peer = stream.muxed_conn.peer_id.to_base58()
+            except Exception:
+                await _discard(stream, reset=True)
+                return
+            refused = None
+            if sum(self.serving.values()) >= MAX_REQUESTS_IN_FLIGHT:
+                refused = "all_peers_limit"
+            elif self.serving.get(peer, 0) >= MAX_REQUESTS_PER_PEER:
+                refused = "peer_limit"
+            if refused is not None:
+                self.owner._request_refused(refused)
+                await _refuse(stream, f"Overloaded: {refused} of request streams reached")
+                return
+            self.serving[peer] = self.serving.get(peer, 0) + 1
+            try:
+                with trio.move_on_after(REQUEST_DEADLINE_S) as scope:
+                    await answer(stream, peer)
+                if scope.cancelled_caught:
+                    self.owner._request_refused("deadline")
+                    await _discard(stream, reset=True)
+            finally:
+                self.serving[peer] -= 1
+                if not self.serving[peer]:
+                    del self.serving[peer]
+
+        async def answer(stream: Any, peer: str) -> None:
+            try:
                 with trio.fail_after(REQUEST_READ_TIMEOUT_S):
                     (length,) = _U32.unpack(await _read_exactly(stream, 4))
                     if length > config.max_request_size:

@@ -45,7 +45,7 @@ from nebula_edge.errors import (
     PeerUnavailable,
 )
 from nebula_edge.manifest import Manifest, Tombstone
-from nebula_edge.mesh import wire
+from nebula_edge.mesh import versions, wire
 from nebula_edge.mesh.state import PeerTable, digest, newest_first
 from nebula_edge.metrics import Metrics
 from nebula_edge.net.fetch import Fetcher
@@ -74,10 +74,11 @@ class MeshService:
         self.sandbox = sandbox
         self.metrics = metrics
         self.table = PeerTable()
+        self.on_change: Callable[[str, dict[str, Any]], None] | None = None  # dashboard events
         self._names: dict[str, set[str]] = {}
         """peer id -> module names it holds (from its sync answers and announcements)."""
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._events: asyncio.Queue[P2PEvent] = asyncio.Queue()
+        self._events: asyncio.Queue[P2PEvent] = P2PHost.event_queue()  # bounded, counted
         self._tasks: set[asyncio.Task[Any]] = set()
         self.fetcher = Fetcher(store, sandbox, metrics, self.table, self._request,
                                self._reject, self._stored_from, token=config.token)
@@ -86,7 +87,12 @@ class MeshService:
         self._started = time.monotonic()
         self._last_dial: dict[str, float] = {}
         self._untrusted: set[str] = set()
-        self._too_big: set[str] = set()
+        self._too_big = versions.Once()
+        """Ids of versions this agent refused to hold (counted and logged once each)."""
+        self.versions = versions.VersionBook()
+        """The mesh's best version per name, refused ones included (the exec decision)."""
+        self._held = versions.Once()
+        metrics.version_book_names.set_function(lambda: len(self.versions))
         self._syncing: dict[str, asyncio.Task[None]] = {}
         self._sync_began: dict[str, float] = {}
         """peer id -> when the sync round running with it (or the last one) began."""
@@ -196,6 +202,7 @@ class MeshService:
                     if self.table.lost(ev.peer_id):
                         self._forget(ev.peer_id)
                         log.info("peer lost: %s", ev.peer_id)
+                        self.on_change and self.on_change("peer_left", {"peer": ev.peer_id})
                     self.metrics.peers.set(len(self.table.connected_peers()))
                 elif isinstance(ev, GossipMessage):
                     await self._gossip(ev.from_peer, ev.data)
@@ -216,6 +223,7 @@ class MeshService:
         self._joined.set()
         if self.table.connected(ev.peer_id, ev.addrs, time.time()):
             log.info("peer joined: %s (%s)", ev.peer_id, ", ".join(ev.addrs[:2]))
+            self.on_change and self.on_change("peer_joined", {"peer": ev.peer_id})
         self.metrics.peers.set(len(self.table.connected_peers()))
         self._info(ev.peer_id)
         self._sync(ev.peer_id)
@@ -225,15 +233,9 @@ class MeshService:
             return
         if self.table.is_connected(peer.peer_id):
             return  # what we know over the connection wins over an unauthenticated answer
-        self.table.discovered(peer.peer_id, peer.p2p_addrs, peer.http_url, peer.version)
-        if not peer.p2p_addrs:
-            return
-        now = time.monotonic()
-        if now - self._last_dial.get(peer.peer_id, 0.0) < 2.0:
-            return
-        self._last_dial[peer.peer_id] = now
-        for addr in peer.p2p_addrs:
-            self._dial(addr)
+        # Unauthenticated: nothing is kept here per answer; the host's candidate table is
+        # bounded, expires entries and dials them with backoff (net/candidates.py).
+        self.p2p.candidate(peer.peer_id, peer.p2p_addrs)
 
     def _dial(self, addr: str) -> None:
         fut = self.p2p.connect(addr)
@@ -302,10 +304,11 @@ class MeshService:
                 await self._apply_tombstone(msg.tombstone)
             return
         m = msg.manifest
-        if not self._trusted(m, peer):
+        if not self._trusted(m, peer) or self._held_back(m):
             return
-        self._names.setdefault(peer, set()).add(m.name)
-        self.table.add_holding(peer, m.sha256)
+        if self.table.is_connected(peer):  # origins are minted freely: no state for them
+            self._names.setdefault(peer, set()).add(m.name)
+            self.table.add_holding(peer, m.sha256)
         if not self._wanted(m):
             return
         if msg.wasm is not None and sha256_hex(msg.wasm) != m.sha256:
@@ -331,20 +334,53 @@ class MeshService:
             return False
         return True
 
+    def _held_back(self, rec: Manifest | Tombstone) -> bool:
+        """Whether a peer's record is dated too far in the future to adopt now (counted
+        and logged once; sync offers it again and it is judged again then)."""
+        if not versions.too_far_ahead(versions.record_time(rec), time.time()):
+            return False
+        if self._held.first_time(rec.id):
+            kind = "tombstone" if isinstance(rec, Tombstone) else "manifest"
+            self.metrics.held_back_total.labels(kind).inc()
+            log.warning("holding back a %s of %s dated %.0f s ahead of this agent's clock "
+                        "(limit %.0f s)", kind, rec.name,
+                        versions.record_time(rec) - time.time(), versions.MAX_FUTURE_S)
+        return True
+
+    def _refused(self, m: Manifest, reason: str) -> bool:
+        """Note a version this agent will not hold; True the first time (to log it)."""
+        self.versions.note(m, refused=reason)
+        if not self._too_big.first_time(m.id):
+            return False
+        self.metrics.peer_refused_total.labels(reason).inc()
+        return True
+
+    def outdated(self, name: str, held: Manifest) -> Manifest | None:
+        """The mesh's winning version of ``name`` if it is newer than ``held``."""
+        return self.versions.newer_than(held, self.store.tombstone(name))
+
     def _wanted(self, m: Manifest) -> bool:
         """The store would take it, and it is within this agent's own module size limit
-        (a bigger one stays on the peers that hold it: calls to it are forwarded)."""
+        (a bigger one stays on the peers that hold it: calls to it are forwarded).
+        Every version a peer offers is noted in ``versions``, refused ones too."""
+        if self._held_back(m):
+            return False
+        if not self.store.has_room(m.name):  # not noted: calls for it are forwarded anyway
+            if self._too_big.first_time(m.id):
+                self.metrics.peer_refused_total.labels("max_modules").inc()
+                log.info("not taking %s from a peer: this agent holds its maximum of %d "
+                         "modules; calls are forwarded", m.name, self.config.max_modules)
+            return False
+        self.versions.note(m)
         if m.size > self.config.max_module_size:
-            if m.id not in self._too_big:
-                self._too_big.add(m.id)
+            if self._refused(m, "too_big"):
                 log.info("not fetching %s v%d: %d bytes is over -max-module-size %d; calls "
                          "are forwarded", m.name, m.version, m.size, self.config.max_module_size)
             return False
         try:
             self.sandbox.effective_limits(m.limits)
         except NebulaError:
-            if m.id not in self._too_big:
-                self._too_big.add(m.id)
+            if self._refused(m, "over_limits"):
                 log.info("not fetching %s v%d: its limits exceed this agent's maxima; calls "
                          "are forwarded", m.name, m.version)
             return False
@@ -370,6 +406,8 @@ class MeshService:
         return True
 
     async def _apply_tombstone(self, t: Tombstone) -> None:
+        if self._held_back(t):
+            return
         loop = asyncio.get_running_loop()
         if await loop.run_in_executor(None, self.store.put_tombstone, t):
             log.info("module deleted by the mesh: %s", t.name)
@@ -479,12 +517,13 @@ class MeshService:
             return
         self.table.set_holdings(peer, {m.sha256 for m in resp.manifests})
         # Forward calls only where the peer's current version is one this agent would
-        # accept itself.
+        # accept itself (trusted, and not held back as dated in the future).
         newest: dict[str, Manifest] = {}
         for m in resp.manifests:
             if m.name not in newest or m.key > newest[m.name].key:
                 newest[m.name] = m
-        self._names[peer] = {n for n, m in newest.items() if self._trusted(m, peer)}
+        self._names[peer] = {n for n, m in newest.items()
+                             if self._trusted(m, peer) and not self._held_back(m)}
         for t in resp.tombstones:
             if self.store.tombstone(t.name) != t and self._trusted(t, peer):
                 await self._apply_tombstone(t)
@@ -502,6 +541,7 @@ class MeshService:
         """Versions announced by ``peer`` are stored here: sync with it at once, so that
         it learns this agent holds them now (its ``GET /modules`` counts holders), not a
         sync interval later."""
+        self.on_change and self.on_change("stored", {"peer": peer})
         if self.table.is_connected(peer):
             self._sync(peer)
 
@@ -560,11 +600,16 @@ class MeshService:
                 return self.store.current(name)
             await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
 
-    async def forward(self, name: str, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
-        """Run the call on a peer that holds ``name``; one hop at most."""
+    async def forward(self, name: str, body: dict[str, Any],
+                      want: Manifest | None = None) -> tuple[dict[str, Any], str]:
+        """Run the call on a peer that holds ``name`` (with ``want``: one that holds that
+        version's bytes); one hop at most."""
         assert self._http is not None
         holding = [r.peer_id for r in self.table.connected_peers()
-                   if name in self._names.get(r.peer_id, set())]
+                   if name in self._names.get(r.peer_id, set())
+                   and (want is None or want.sha256 in r.holds)]
+        if want is not None and not holding:
+            raise versions.unavailable(want, self.versions.refused(want))
         unknown = [self._info(p) for p in holding if not self._http_url(p)]
         if unknown:  # a peer that has just joined: its HTTP URL is a moment away
             await asyncio.wait(unknown, timeout=self.config.fetch_wait_s)
@@ -584,7 +629,7 @@ class MeshService:
                     allow_redirects=False,
                 ) as r:
                     payload = await r.json(content_type=None)
-                    if r.status == 404:
+                    if r.status == 404 or _code(payload) == versions.UNAVAILABLE:
                         continue
                     if r.status >= 400:
                         raise _peer_error(r.status, payload, r.headers.get("Retry-After"))
@@ -596,6 +641,8 @@ class MeshService:
                 log.info("forward of %s to %s failed: %s", name, peer, e)
         if last is not None:
             raise PeerUnavailable(f"peers holding {name!r} could not be reached: {last}")
+        if want is not None:
+            raise versions.unavailable(want, self.versions.refused(want))
         raise ModuleNotFound(f"no module named {name!r} on this agent or its peers")
 
     # ------------------------------------------------------------------ views
@@ -617,6 +664,11 @@ class MeshService:
             }
             for r in sorted(self.table.connected_peers(), key=lambda r: r.peer_id)
         ]
+
+
+def _code(payload: Any) -> str | None:
+    err = payload.get("error") if isinstance(payload, dict) else None
+    return str(err.get("code")) if isinstance(err, dict) else None
 
 
 def _peer_error(status: int, payload: Any, retry_after: str | None) -> NebulaError:

@@ -12,22 +12,39 @@ ABIs (chosen at deploy, recorded in the manifest):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from nebula_edge.config import Limits
 from nebula_edge.errors import BadRequest, InvalidModule, LimitOutOfRange
 from nebula_edge.manifest import Abi, Manifest
-from nebula_edge.sandbox.call import OutputPolice, call_export, call_wasi, check_signature
-from nebula_edge.sandbox.engine import FUEL, PLAIN, WASMTIME_VERSION, Compiled, Engines, describe
+from nebula_edge.sandbox.call import CallEnv, call_export, call_wasi, check_signature
+from nebula_edge.sandbox.engine import (
+    FUEL,
+    MAX_TABLES,
+    PLAIN,
+    TABLE_ELEMENTS,
+    WASMTIME_VERSION,
+    Compiled,
+    Engines,
+    check_tables,
+    describe,
+)
+from nebula_edge.sandbox.selftest import self_test
 
-__all__ = ["WASMTIME_VERSION", "Sandbox"]
+__all__ = ["MAX_TABLES", "TABLE_ELEMENTS", "WASMTIME_VERSION", "Sandbox"]
 
 log = logging.getLogger(__name__)
+
+
+def nullcontext_lend(deadline: float) -> AbstractContextManager[None]:
+    return contextlib.nullcontext()
 
 
 class Sandbox:
@@ -39,12 +56,22 @@ class Sandbox:
         default_limits: Limits,
         max_limits: Limits,
         on_cache: Callable[[str], None] | None = None,
+        table_elements: int = TABLE_ELEMENTS,
+        lend: Callable[[float], AbstractContextManager[None]] | None = None,
     ) -> None:
+        """``table_elements``: cap on the elements of each of a call's tables.
+        ``lend(deadline)``: a context a call waits in (a WASI sleep), given by the worker
+        pool so that the waiting call lends its compute slot; it raises TimeoutError on
+        leaving if the slot did not come back by ``deadline``."""
         self.default_limits = default_limits
         self.max_limits = max_limits
         self.engines = Engines(cache_dir, on_cache)
-        self.police = OutputPolice()
-        self.engines.add_tick_hook(self.police.tick)
+        self.env = CallEnv(self.engines, table_elements, lend or nullcontext_lend)
+        try:
+            self_test(self)
+        except BaseException:
+            self.engines.close()
+            raise
         self._lock = threading.Lock()
         self._loaded: dict[tuple[str, str], Compiled] = {}
         self._limits_cache: dict[Limits, Limits] = {}
@@ -119,6 +146,7 @@ class Sandbox:
         they compile, and the manifest's ABI and export exist with a usable signature.
         Compiles once, for the engine the module will run on, and fills the cache."""
         c = self.load(m, read_bytes)
+        check_tables(read_bytes())
         order = m.order
         if order is not None and order.get("op") == "deploy":
             # The order signs what was asked (abi/export, or null = detect): detection is
@@ -158,17 +186,20 @@ class Sandbox:
             self.engines.evict(sha)
 
     def call(self, m: Manifest, read_bytes: Callable[[], bytes], arg: Any,
-             args: list[Any] | None) -> dict[str, Any]:
+             args: list[Any] | None, *, stderr: bytearray | None = None) -> dict[str, Any]:
         """Run one call; returns ``{"result": ...}`` (or ``{"output": ...}`` for non-JSON
-        WASI stdout). Raises the ``NebulaError`` that describes any failure."""
+        WASI stdout). Raises the ``NebulaError`` that describes any failure. ``stderr``:
+        a WASI call appends the stderr it captured (at most the output cap) to it, on
+        success and on every failure (trap, exit, timeout, output_too_large); an export
+        call leaves it alone (it has no stderr)."""
         c = self.load(m, read_bytes)
         limits = self._limits_cache.get(m.limits)
         if limits is None:
             limits = self._limits_cache[m.limits] = self.effective_limits(m.limits)
         if m.abi == "wasi":
-            return call_wasi(c, limits, arg if args is None else args, self.police)
+            return call_wasi(c, limits, arg if args is None else args, self.env, stderr)
         assert m.export is not None
         if args is None:
             nparams = len(c.params.get(m.export, ()))
             args = [] if arg is None and nparams == 0 else [arg]
-        return {"result": call_export(c, m.export, limits, args)}
+        return {"result": call_export(c, m.export, limits, args, self.env)}

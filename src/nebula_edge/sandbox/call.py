@@ -5,12 +5,15 @@ tables, WASI context) from the shared ``InstancePre``; measured floor 50-80 us.
 The WASI context has no preopened directories, no environment and no arguments, so
 a module can open no file and see no variable; WASI preview1 has no sockets.
 
-WASI stdin comes from bytes through wasmtime's low-level binding and stdout/stderr go
-to memfds: ~120 us a call, against 700+ us for temp files in /tmp (measured).
-A memfd cannot be capped by the kernel, so the epoch ticker polices every live call's
-output each tick and truncates a memfd past its cap (the writer's later writes land
-beyond a hole and allocate only what they touch): a module spewing output costs at
-most a tick's worth of memory and ends as ``output_too_large``.
+WASI stdin comes from bytes through wasmtime's low-level binding; stdout/stderr are
+written by our own ``fd_write`` (``sandbox/hostcalls.py``) into per-call buffers that
+never hold more than the cap: the write that crosses it ends the call at once with
+``output_too_large``. The same module bounds ``poll_oneoff`` by the call's deadline.
+
+Memory: one budget per call. The engines refuse multi-memory, shared memory, memory64,
+GC and exceptions at deploy (``engine.REFUSED_FEATURES``), so a call has at most one
+linear memory, capped at ``memory_mb`` by the Store's limiter, and tables whose elements
+together stay under the table cap (divided among the module's tables).
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ import contextlib
 import ctypes
 import json
 import math
-import os
-import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
 
 import wasmtime
@@ -38,41 +42,21 @@ from nebula_edge.errors import (
     Trap,
     WasiExit,
 )
-from nebula_edge.sandbox.engine import TICK_S, Compiled, describe
+from nebula_edge.sandbox import hostcalls
+from nebula_edge.sandbox.engine import (
+    MAX_TABLES,
+    TABLE_ELEMENTS,
+    TICK_S,
+    Compiled,
+    Engines,
+    describe,
+    internals_changed,
+)
 
 MiB = 1024 * 1024
 STDERR_TAIL = 2048
 INT_RANGES = {"i32": (-(2**31), 2**32 - 1), "i64": (-(2**63), 2**64 - 1)}
 NUMERIC = ("i32", "i64", "f32", "f64")
-
-
-class OutputPolice:
-    """Tracks live memfds and truncates any that grows past its cap (ticker thread)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._live: dict[int, int] = {}
-        self._over: set[int] = set()
-
-    def watch(self, fd: int, cap: int) -> None:
-        with self._lock:
-            self._live[fd] = cap
-            self._over.discard(fd)
-
-    def release(self, fd: int) -> bool:
-        """Stop watching ``fd``; True if it ever went over its cap."""
-        with self._lock:
-            self._live.pop(fd, None)
-            over = fd in self._over
-            self._over.discard(fd)
-            return over
-
-    def tick(self) -> None:
-        with self._lock:
-            for fd, cap in self._live.items():
-                if os.fstat(fd).st_size > cap:
-                    self._over.add(fd)
-                    os.ftruncate(fd, 0)
 
 
 class _BadArg(Exception):
@@ -115,7 +99,16 @@ def check_signature(ft: Any, export: str) -> None:
                             "f32 and f64 parameters and results are supported")
 
 
-def _map_trap(e: Exception, limits: Limits) -> Exception:
+def _map_trap(e: Exception, limits: Limits, st: hostcalls.CallState | None = None
+              ) -> Exception:
+    if st is not None and st.end is not None:  # a host function ended the call
+        what, fd = st.end
+        if what == "timeout":
+            return ExecTimeout(f"call exceeded its {limits.timeout_ms} ms time limit "
+                               "(it waited in poll_oneoff)", limit_ms=limits.timeout_ms)
+        cap = limits.max_output_bytes or MiB
+        which = "stdout" if fd == 1 else "stderr"
+        return OutputTooLarge(f"module wrote more than {cap} bytes to {which}", limit=cap)
     if isinstance(e, wasmtime.Trap):
         code = e.trap_code
         if code == wasmtime.TrapCode.INTERRUPT:
@@ -135,7 +128,17 @@ def _map_trap(e: Exception, limits: Limits) -> Exception:
     return ExecError(f"call failed: {lines[-1] if lines else type(e).__name__}")
 
 
-def call_export(c: Compiled, export: str, limits: Limits, args: list[Any]) -> Any:
+@dataclass(frozen=True)
+class CallEnv:
+    """What a call needs from its Sandbox besides the module and its limits."""
+
+    engines: Engines
+    table_elements: int = TABLE_ELEMENTS
+    lend: Callable[[float], AbstractContextManager[None]] = hostcalls._no_lend
+
+
+def call_export(c: Compiled, export: str, limits: Limits, args: list[Any],
+                env: CallEnv) -> Any:
     """Call ``export`` with JSON ``args``; one result as a value, several as a list."""
     ft = c.functions.get(export)
     params = c.params.get(export)
@@ -150,10 +153,12 @@ def call_export(c: Compiled, export: str, limits: Limits, args: list[Any]) -> An
     except _BadArg as e:  # the signature string is built only when it is needed
         sig = describe(ft)
         raise InvalidArguments(f"{e}; the export takes {sig}", signature=sig) from None
+    st = _state(c, limits, env, capture=False) if c.needs_wasi else None
     try:
-        result = _fast_call(c, export.encode(), limits, params, c.results[export], wargs)
+        result = _fast_call(c, export.encode(), limits, params, c.results[export], wargs,
+                            env, st)
     except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
-        raise _map_trap(e, limits) from None
+        raise _map_trap(e, limits, st) from None
     if isinstance(result, list | tuple):
         return [_from_wasm(v) for v in result]
     return _from_wasm(result)
@@ -171,14 +176,20 @@ _KINDS = {"i32": ffi.WASMTIME_I32, "i64": ffi.WASMTIME_I64, "f32": ffi.WASMTIME_
 # event loop, and the epoch ticker needs the GIL to interrupt it. Deleting a Store unmaps
 # the memory the call touched (7 ms for 64 MiB, 68 ms for 1 GiB, measured), so it keeps
 # the GIL only when the module's memory is small.
-_HELD = ctypes.PyDLL(ffi.dll._name)
+try:
+    _HELD = ctypes.PyDLL(ffi.dll._name)
+except (AttributeError, OSError) as _e:
+    raise internals_changed(f"wasmtime._ffi.dll: {_e}") from _e
 HELD_DELETE_MAX = 4 * MiB
 """Largest linear memory whose Store is deleted without releasing the GIL (~0.5 ms)."""
 
 
 def _held(name: str) -> Any:
-    released = getattr(_bindings, f"_{name}")
-    fn = getattr(_HELD, name)
+    try:
+        released = getattr(_bindings, f"_{name}")
+        fn = getattr(_HELD, name)
+    except AttributeError as e:
+        raise internals_changed(f"no C function {name}: {e}") from e
     fn.restype, fn.argtypes = released.restype, released.argtypes
     return fn
 
@@ -194,33 +205,62 @@ _wasi_config_new = _held("wasi_config_new")
 _wasi_config_delete = _held("wasi_config_delete")
 _memory_data_size = _held("wasmtime_memory_data_size")
 _export_get = _held("wasmtime_instance_export_get")
+_extern_delete = _held("wasmtime_extern_delete")
+try:
+    _FUNC = int(ffi.WASMTIME_EXTERN_FUNC.value)
+    _MEMORY = int(ffi.WASMTIME_EXTERN_MEMORY.value)
+    _OWNS_NOTHING = frozenset(int(k.value) for k in (
+        ffi.WASMTIME_EXTERN_FUNC, ffi.WASMTIME_EXTERN_GLOBAL, ffi.WASMTIME_EXTERN_TABLE,
+        ffi.WASMTIME_EXTERN_MEMORY))
+except AttributeError as _e:
+    raise internals_changed(f"extern kinds: {_e}") from _e
+
+
+def release_extern(item: Any, kind: int) -> None:
+    """Release an extern handed out by ``wasmtime_*_export_get``. In wasmtime's C API only
+    a shared memory extern owns something (a reference count); funcs, globals, tables and
+    memories are (store id, index) pairs whose ``wasmtime_extern_delete`` does nothing,
+    so it is skipped for them (1.3 us a call on the hot path, measured). Shared memories
+    are refused at deploy; any other kind is released."""
+    if kind not in _OWNS_NOTHING:
+        _extern_delete(ctypes.byref(item))
 _NO_FINALIZER = ctypes.cast(0, ctypes.CFUNCTYPE(None, ctypes.c_void_p))
 
 
 _config_stdin = _held("wasi_config_set_stdin_bytes")
-_config_stdout = _held("wasi_config_set_stdout_file")
-_config_stderr = _held("wasi_config_set_stderr_file")
 _byte_vec_new = _held("wasm_byte_vec_new")
 
 
+def _state(c: Compiled, limits: Limits, env: CallEnv, capture: bool
+           ) -> hostcalls.CallState:
+    deadline = time.monotonic() + (limits.timeout_ms or 1000) / 1000
+    return hostcalls.CallState(deadline, limits.max_output_bytes or MiB, capture, env.lend)
+
+
 @contextlib.contextmanager
-def _instance(c: Compiled, limits: Limits, stdio: tuple[bytes, int, int] | None = None
-              ) -> Iterator[tuple[Any, Any]]:
+def _instance(c: Compiled, limits: Limits, env: CallEnv, st: hostcalls.CallState | None,
+              stdin: bytes | None = None) -> Iterator[tuple[Any, Any]]:
     """``(context, instance)``: the module instantiated in a fresh Store with this call's
     limits, all through wasmtime's C API (no Python Store object). The Store is deleted on
-    leaving. ``stdio`` (stdin bytes, stdout and stderr fds) gives the module a WASI
-    context; a module that imports WASI gets one anyway, with nothing behind it. Either
-    way: no preopened directory, no environment, no arguments."""
+    leaving. ``stdin`` gives the module a WASI context; a module that imports WASI gets
+    one anyway, with nothing behind it. Either way: no preopened directory, no
+    environment, no arguments. ``st``, if given, is the call's state for the host
+    functions (poll_oneoff, fd_write) while the Store lives."""
+    env.engines.enter()
     store = _store_new(c.engine.ptr(), None, _NO_FINALIZER)
     ctx = _store_context(store)
     inst: Any = None
     try:
-        _store_limiter(store, (limits.memory_mb or 64) * MiB, -1, -1, -1, -1)
+        # One memory (multi-memory is refused), one instance, MAX_TABLES tables.
+        _store_limiter(store, (limits.memory_mb or 64) * MiB, env.table_elements, 1,
+                       MAX_TABLES, 1)
         _set_epoch_deadline(ctx, math.ceil((limits.timeout_ms or 1000) / 1000 / TICK_S) + 1)
         if c.flavor.fuel:
             _check(_set_fuel(ctx, limits.fuel or 0), None)
-        if stdio is not None or c.needs_wasi:
-            _check(_set_wasi(ctx, _wasi_config(stdio)), None)  # takes the config over
+        if stdin is not None or c.needs_wasi:
+            _check(_set_wasi(ctx, _wasi_config(stdin)), None)  # takes the config over
+        if st is not None:
+            hostcalls.set_current(st)
         made = ffi.wasmtime_instance_t()
         trap = ctypes.POINTER(ffi.wasm_trap_t)()
         # Releases the GIL: instantiation runs the module's start function, if any.
@@ -229,8 +269,14 @@ def _instance(c: Compiled, limits: Limits, stdio: tuple[bytes, int, int] | None 
         inst = made
         yield ctx, inst
     finally:
-        small = inst is not None and _memory_size(ctx, inst, c.memory_export) <= HELD_DELETE_MAX
-        (_store_delete if small else ffi.wasmtime_store_delete)(store)
+        if st is not None:
+            hostcalls.set_current(None)
+        # Decided by the module's type: an exported memory is measured; a module without
+        # one (no memory, or an unexported one that may be large) releases the GIL.
+        held = inst is not None and c.memory_export is not None and \
+            _memory_size(ctx, inst, c.memory_export) <= HELD_DELETE_MAX
+        (_store_delete if held else ffi.wasmtime_store_delete)(store)
+        env.engines.leave()
 
 
 def _memory_size(ctx: Any, inst: Any, name: bytes | None) -> float:
@@ -240,38 +286,35 @@ def _memory_size(ctx: Any, inst: Any, name: bytes | None) -> float:
     item = ffi.wasmtime_extern_t()
     if not _export_get(ctx, ctypes.byref(inst), name, len(name), ctypes.byref(item)):
         return math.inf
-    if int(item.kind) != int(ffi.WASMTIME_EXTERN_MEMORY.value):
+    kind = int(item.kind)
+    if kind != _MEMORY:
+        release_extern(item, kind)
         return math.inf
+    # A memory extern owns nothing: releasing it is a no-op (see release_extern).
     return float(_memory_data_size(ctx, ctypes.byref(item.of.memory)))
 
 
-def _wasi_config(stdio: tuple[bytes, int, int] | None) -> Any:
-    """A raw ``wasi_config_t`` (the caller hands it to a Store, which takes it over)."""
+def _wasi_config(stdin: bytes | None) -> Any:
+    """A raw ``wasi_config_t`` (the caller hands it to a Store, which takes it over).
+    stdout/stderr are not set: ``fd_write`` to them is ours (hostcalls)."""
     cfg = _wasi_config_new()
-    if stdio is None:
+    if stdin is None:
         return cfg
-    try:
-        stdin, out_fd, err_fd = stdio
-        vec = ffi.wasm_byte_vec_t()
-        _byte_vec_new(ctypes.byref(vec), len(stdin),
-                      (ctypes.c_ubyte * len(stdin)).from_buffer_copy(stdin))
-        _config_stdin(cfg, ctypes.byref(vec))  # takes the vector's contents over
-        for set_file, fd in ((_config_stdout, out_fd), (_config_stderr, err_fd)):
-            if not set_file(cfg, f"/proc/self/fd/{fd}".encode()):  # out of fds, say
-                raise ExecError("cannot attach the call's output buffer")
-    except BaseException:
-        _wasi_config_delete(cfg)  # its stdin copy and any output file it opened
-        raise
+    vec = ffi.wasm_byte_vec_t()
+    _byte_vec_new(ctypes.byref(vec), len(stdin),
+                  (ctypes.c_ubyte * len(stdin)).from_buffer_copy(stdin))
+    _config_stdin(cfg, ctypes.byref(vec))  # takes the vector's contents over
     return cfg
 
 
 def _fast_call(c: Compiled, export: bytes, limits: Limits, params: list[str],
-               results: list[str], args: list[int | float]) -> Any:
+               results: list[str], args: list[int | float], env: CallEnv,
+               st: hostcalls.CallState | None) -> Any:
     """One call of a numeric export: ``_initialize`` first if the module has one. Measured
     26 us for ``double`` against wasmtime-py's own Store + instantiate + call at 50 us (no
     per-call type reads, no ``Val`` boxing, one export looked up instead of all of them
     wrapped, no Python Store object)."""
-    with _instance(c, limits) as (ctx, inst):
+    with _instance(c, limits, env, st) as (ctx, inst):
         if c.has_initialize:
             init = _export_func(ctx, inst, b"_initialize")
             if init is not None:
@@ -311,24 +354,26 @@ def _export_func(ctx: Any, inst: Any, name: bytes) -> Any:
     item = ffi.wasmtime_extern_t()
     if not _export_get(ctx, ctypes.byref(inst), name, len(name), ctypes.byref(item)):
         return None
-    if int(item.kind) != int(ffi.WASMTIME_EXTERN_FUNC.value):  # ctypes types differ
+    kind = int(item.kind)
+    if kind != _FUNC:
+        release_extern(item, kind)
         return None
+    # A func extern owns nothing: releasing it is a no-op (see release_extern).
     return item.of.func
 
 
-def call_wasi(c: Compiled, limits: Limits, arg: Any, police: OutputPolice) -> dict[str, Any]:
-    """Run ``_start`` with ``arg`` as JSON on stdin; stdout parsed as JSON into ``result``."""
-    cap = limits.max_output_bytes or MiB
-    stdin = json.dumps(arg).encode()
-    out_fd = os.memfd_create("nebula-stdout", os.MFD_CLOEXEC)
-    err_fd = os.memfd_create("nebula-stderr", os.MFD_CLOEXEC)
-    police.watch(out_fd, cap)
-    police.watch(err_fd, cap)
+def call_wasi(c: Compiled, limits: Limits, arg: Any, env: CallEnv,
+              stderr_sink: bytearray | None = None) -> dict[str, Any]:
+    """Run ``_start`` with ``arg`` as JSON on stdin; stdout parsed as JSON into ``result``.
+    With ``stderr_sink``, the call's stderr (at most the output cap) is appended to it
+    whatever the outcome: success, trap, exit, timeout or output_too_large."""
+    st = _state(c, limits, env, capture=True)
+    assert st.streams is not None
+    code = 0
+    failure: Exception | None = None
     try:
-        code = 0
-        failure: Exception | None = None
         try:
-            with _instance(c, limits, (stdin, out_fd, err_fd)) as (ctx, inst):
+            with _instance(c, limits, env, st, json.dumps(arg).encode()) as (ctx, inst):
                 start = _export_func(ctx, inst, b"_start")
                 if start is None:
                     raise InvalidModule("module has no _start function (not a WASI command)")
@@ -336,32 +381,19 @@ def call_wasi(c: Compiled, limits: Limits, arg: Any, police: OutputPolice) -> di
         except wasmtime.ExitTrap as e:
             code = e.code
         except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
-            failure = _map_trap(e, limits)
-        police.tick()
-        out_over = police.release(out_fd)
-        err_over = police.release(err_fd)
-        stderr = _read(err_fd, cap)
-        tail = stderr[-STDERR_TAIL:].decode("utf-8", "replace")
-        if out_over or err_over:
-            which = "stdout" if out_over else "stderr"
-            raise OutputTooLarge(f"module wrote more than {cap} bytes to {which}", limit=cap)
-        if failure is not None:
-            failure.details["stderr"] = tail or None  # type: ignore[attr-defined]
-            raise failure
-        if code != 0:
-            raise WasiExit(f"module exited with code {code}", exit_code=code, stderr=tail)
-        out = _read(out_fd, cap)
+            failure = _map_trap(e, limits, st)
     finally:
-        police.release(out_fd)
-        police.release(err_fd)
-        os.close(out_fd)
-        os.close(err_fd)
+        stderr = bytes(st.streams[2])
+        if stderr_sink is not None:
+            stderr_sink += stderr
+    tail = stderr[-STDERR_TAIL:].decode("utf-8", "replace")
+    if failure is not None:
+        failure.details["stderr"] = tail or None  # type: ignore[attr-defined]
+        raise failure
+    if code != 0:
+        raise WasiExit(f"module exited with code {code}", exit_code=code, stderr=tail)
+    out = bytes(st.streams[1])
     try:
         return {"result": json.loads(out)}
     except ValueError:
         return {"output": out.decode("utf-8", "replace")}
-
-
-def _read(fd: int, cap: int) -> bytes:
-    size = os.fstat(fd).st_size
-    return os.pread(fd, min(size, cap), 0) if size else b""

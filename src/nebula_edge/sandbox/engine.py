@@ -30,16 +30,58 @@ from typing import Any
 import wasmtime
 
 from nebula_edge.errors import InvalidModule
+from nebula_edge.sandbox.hostcalls import shadow_wasi
 from nebula_edge.store.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.005
-"""Epoch period: deadlines are accurate to about this (5 ms; the ticker costs ~0.1% CPU)."""
+"""Epoch period: deadlines are accurate to about this (5 ms)."""
+LINGER_S = 0.5
+"""The ticker parks this long after the last call ended: an idle agent pays nothing for
+it (it woke 200 times a second and cost 0.0285 core before), while a steady stream of
+calls never pays a wake-up per call."""
+TABLE_ELEMENTS = 100_000
+"""Default cap on the elements of each table (a funcref is 8 bytes: 0.8 MB). C/C++/Rust
+function tables hold one entry per address-taken function; large real programs have a
+few thousand."""
+MAX_TABLES = 4
+"""Tables a module may define, refused at deploy beyond (toolchains emit one; reference
+types allow more): a call's tables hold at most MAX_TABLES x the element cap."""
+REFUSED_FEATURES = {
+    # wasmtime's validation message (substring) -> the feature named in the 400
+    "multiple memories": "multi-memory",
+    "shared memor": "threads (shared memory)",
+    "threads must be enabled": "threads (shared memory)",
+    "memory64": "memory64",
+    "64-bit memor": "memory64",
+    "gc feature": "GC",
+    "gc proposal": "GC",
+    "exceptions proposal": "exception handling",
+    "stack switching": "stack switching",
+}
+OFF_FEATURES = ("multi_memory", "threads", "memory64", "gc", "exceptions", "stack_switching")
+"""Features turned off in the engines because what they allocate is not counted in a
+call's memory budget (a second memory, shared memories outliving the call, the GC heap,
+exception objects on it). No toolchain emits them by default: clang, Rust, Go, TinyGo
+and Zig emit one 32-bit memory, bulk memory and reference types (both kept)."""
 MAX_WASM_STACK = 512 * 1024
 """Deep recursion traps with STACK_OVERFLOW well before the worker thread's own stack."""
 
 WASMTIME_VERSION = importlib.metadata.version("wasmtime")
+TESTED_WASMTIME = "50.0.1"
+"""The wasmtime-py whose internals sandbox/call.py and hostcalls.py were written for."""
+
+
+def internals_changed(what: str) -> RuntimeError:
+    """The error the agent stops with when wasmtime-py's internals are not what the
+    C-API layer expects (checked at import and by the start-up self-test)."""
+    from nebula_edge.sandbox.selftest import SandboxSelfTestFailed
+
+    return SandboxSelfTestFailed(
+        f"sandbox self-test failed with wasmtime-py {WASMTIME_VERSION} (the C-API layer "
+        f"was written for {TESTED_WASMTIME}; its internals changed): {what}. Install "
+        f"wasmtime=={TESTED_WASMTIME} or update nebula_edge/sandbox/call.py.")
 
 
 @dataclass(frozen=True)
@@ -49,7 +91,8 @@ class Flavor:
 
     @property
     def fingerprint(self) -> str:
-        spec = f"wasmtime={WASMTIME_VERSION};epoch=1;fuel={int(self.fuel)};stack={MAX_WASM_STACK}"
+        spec = (f"wasmtime={WASMTIME_VERSION};epoch=1;fuel={int(self.fuel)};"
+                f"stack={MAX_WASM_STACK};features=-multimem-threads-mem64-gc-exn")
         return hashlib.sha256(spec.encode()).hexdigest()[:12]
 
 
@@ -91,40 +134,86 @@ class Engines:
             cfg.epoch_interruption = True
             cfg.consume_fuel = flavor.fuel
             cfg.max_wasm_stack = MAX_WASM_STACK
+            for feature in OFF_FEATURES:  # uncounted allocations: see REFUSED_FEATURES
+                setattr(cfg, f"wasm_{feature}", False)
             engine = wasmtime.Engine(cfg)
             linker = wasmtime.Linker(engine)
             linker.define_wasi()
+            shadow_wasi(linker)
             self._engines[flavor] = engine
             self._linkers[flavor] = linker
-        self._stop = threading.Event()
+        self._stop = False
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
+        self._active = 0
+        self._entered = 0
+        self._parked = False
         self._ticker = threading.Thread(target=self._tick, name="wasm-epoch", daemon=True)
-        self._tick_hooks: list[Callable[[], None]] = []
         self._ticker.start()
 
-    def add_tick_hook(self, hook: Callable[[], None]) -> None:
-        """Run ``hook`` on the ticker thread every tick (used to police output sizes)."""
-        self._tick_hooks.append(hook)
+    def enter(self) -> None:
+        """A call starts: the ticker must run (woken if parked). One uncontended lock,
+        taken directly (``with`` on the Condition costs a Python frame per call)."""
+        lock = self._lock
+        lock.acquire()
+        self._active += 1
+        self._entered += 1
+        if self._parked:
+            self._parked = False
+            self._cv.notify()
+        lock.release()
+
+    def leave(self) -> None:
+        lock = self._lock
+        lock.acquire()
+        self._active -= 1
+        lock.release()
+
+    @property
+    def ticking(self) -> bool:
+        return not self._parked
+
+    def _stopped(self) -> bool:
+        return self._stop
 
     def _tick(self) -> None:
         """Advance the epochs by the time that actually passed: this thread oversleeps
         when others hold the GIL or the CPU is busy (a 1 s limit measured 3-7 s while
-        clients sent large /exec bodies when the ticker counted wake-ups instead)."""
+        clients sent large /exec bodies when the ticker counted wake-ups instead).
+        Parks when no call ran for ``LINGER_S``; a call's ``enter`` wakes it. A parked
+        ticker loses no deadline: a Store's deadline counts from the epoch at its start."""
         engines = list(self._engines.values())
-        next_t = time.monotonic() + TICK_S
-        while not self._stop.wait(max(0.0, next_t - time.monotonic())):
-            now = time.monotonic()
-            while next_t <= now:
-                for e in engines:
-                    e.increment_epoch()
-                next_t += TICK_S
-            for hook in self._tick_hooks:
-                try:
-                    hook()
-                except Exception:  # a policing hook must never stop deadlines
-                    log.exception("sandbox tick hook failed")
+        while True:
+            with self._cv:
+                while not self._stop and self._active == 0 and self._parked:
+                    self._cv.wait()
+                if self._stop:
+                    return
+            next_t = time.monotonic() + TICK_S
+            seen, idle_since = -1, next_t
+            while True:
+                with self._cv:
+                    if self._stopped():
+                        return
+                    self._cv.wait(max(0.0, next_t - time.monotonic()))
+                    active, entered = self._active, self._entered
+                now = time.monotonic()
+                while next_t <= now:
+                    for e in engines:
+                        e.increment_epoch()
+                    next_t += TICK_S
+                if active or entered != seen:
+                    seen, idle_since = entered, now
+                elif now - idle_since >= LINGER_S:
+                    with self._cv:
+                        if self._active == 0 and self._entered == seen:
+                            self._parked = True
+                            break
 
     def close(self) -> None:
-        self._stop.set()
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
         self._ticker.join(timeout=1)
 
     def engine(self, flavor: Flavor) -> wasmtime.Engine:
@@ -136,7 +225,8 @@ class Engines:
             module = wasmtime.Module(self._engines[PLAIN], wasm)
             # Linking too: a module importing anything but WASI could never be called.
             self._linkers[PLAIN].instantiate_pre(module)
-            return module
+        check_tables(wasm)
+        return module
 
     def adopt(self, sha: str, module: wasmtime.Module) -> None:
         """Put a module compiled by ``validate`` (plain engine) in the disk cache, so that
@@ -151,13 +241,18 @@ class Engines:
     def _cache_path(self, sha: str, flavor: Flavor) -> Path:
         return self.cache_dir / f"{sha}.{flavor.name}.{flavor.fingerprint}.cwasm"
 
-    def load(self, sha: str, flavor: Flavor, read_bytes: Callable[[], bytes]) -> Compiled:
-        """Compiled code for a blob: from the disk cache if there, else compiled and cached."""
+    def load(self, sha: str, flavor: Flavor, read_bytes: Callable[[], bytes],
+             cache: bool = True) -> Compiled:
+        """Compiled code for a blob: from the disk cache if there, else compiled and cached
+        (``cache=False``: compiled, the cache untouched)."""
         engine = self._engines[flavor]
         path = self._cache_path(sha, flavor)
         module: wasmtime.Module | None = None
         from_cache = False
-        if path.exists():
+        if not cache:
+            with map_compile_errors():
+                module = wasmtime.Module(engine, read_bytes())
+        elif path.exists():
             try:
                 module = wasmtime.Module.deserialize_file(engine, str(path))
                 from_cache = True
@@ -203,8 +298,56 @@ def map_compile_errors() -> Iterator[None]:
     try:
         yield
     except wasmtime.WasmtimeError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid module"
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        first = lines[0] if lines else "invalid module"
+        feature = map_feature(str(e))
+        if feature is not None:
+            cause = lines[-1] if lines else ""
+            raise InvalidModule(f"module uses {feature}, which this agent refuses (what it "
+                                f"allocates is not counted in a call's memory limit): "
+                                f"{cause}", feature=feature) from None
         raise InvalidModule(f"module does not compile or link: {first}") from None
+
+
+def count_tables(data: bytes) -> int:
+    """Tables a (valid) module defines, from its table section: the module type
+    wasmtime-py exposes shows exported ones only."""
+    pos = 8
+
+    def leb() -> int:
+        nonlocal pos
+        out = shift = 0
+        while True:
+            b = data[pos]
+            pos += 1
+            out |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return out
+
+    while pos < len(data):
+        sid = data[pos]
+        pos += 1
+        size = leb()
+        end = pos + size
+        if sid == 4:
+            return leb()
+        pos = end
+    return 0
+
+
+def check_tables(wasm: bytes) -> None:
+    n = count_tables(wasm)
+    if n > MAX_TABLES:
+        raise InvalidModule(f"module defines {n} tables; this agent allows at most "
+                            f"{MAX_TABLES} (each capped at its table element limit)",
+                            feature="tables")
+
+
+def map_feature(message: str) -> str | None:
+    """The refused feature a wasmtime validation message is about, if any."""
+    low = message.lower()
+    return next((f for k, f in REFUSED_FEATURES.items() if k in low), None)
 
 
 def describe(ft: Any) -> str:

@@ -14,7 +14,10 @@ is always written before any manifest that names it:
 * every manifest in the index has its blob on disk (at start, manifests whose blob is
   missing are dropped and logged; blobs no manifest names are deleted);
 * per name, at most ``keep`` versions: the ``keep`` highest by ``Manifest.key``;
-* no manifest covered by the name's tombstone is kept.
+* no manifest covered by the name's tombstone is kept;
+* at most ``max_names`` names hold versions (``EdgeConfig.max_modules``, 1000): a version
+  of a new name beyond that is not taken, from the API (413) or from a peer (counted in
+  ``nebula_edge_peer_refused_total{reason="max_modules"}``).
 
 Thread-safe: every public method may be called from any thread (the HTTP loop, the
 libp2p thread's workers, the sandbox pool). Index changes hold one lock; blob reads
@@ -47,11 +50,13 @@ def sha256_hex(data: bytes) -> str:
 class ModuleStore:
     """Content-addressed blobs plus the manifest index. See the module docstring."""
 
-    def __init__(self, root: Path, keep: int = 5,
+    def __init__(self, root: Path, keep: int = 5, max_names: int | None = None,
                  on_quarantine: Callable[[str], None] | None = None,
                  on_gc: Callable[[str], None] | None = None) -> None:
         self.root = root
         self.keep = keep
+        self.max_names = max_names
+        """Names that may hold versions at once (None: no bound, for tests and tools)."""
         self._on_quarantine = on_quarantine or (lambda sha: None)
         self._on_gc = on_gc or (lambda sha: None)
         """Called with each sha256 whose blob or compiled code was deleted."""
@@ -228,7 +233,8 @@ class ModuleStore:
             raise StoreError(f"blob {m.sha256} must be stored before its manifest")
         with self._lock:
             vs = self._versions.get(m.name, [])
-            if not mf.admits(vs, self._tombs.get(m.name), m, self.keep):
+            if not self.has_room(m.name) or \
+                    not mf.admits(vs, self._tombs.get(m.name), m, self.keep):
                 return False
             d = self.manifest_dir / m.name
             d.mkdir(exist_ok=True)
@@ -301,8 +307,16 @@ class ModuleStore:
     def wants(self, m: Manifest) -> bool:
         """Whether ``put_manifest(m)`` would take it (used before fetching its bytes)."""
         with self._lock:
-            return mf.admits(self._versions.get(m.name, []), self._tombs.get(m.name), m,
-                             self.keep)
+            return self.has_room(m.name) and mf.admits(
+                self._versions.get(m.name, []), self._tombs.get(m.name), m, self.keep)
+
+    def has_room(self, name: str) -> bool:
+        """Whether a version of ``name`` fits under ``max_names`` (it does if the name
+        already holds versions)."""
+        with self._lock:
+            if self.max_names is None or self._versions.get(name):
+                return True
+            return len(self._versions) < self.max_names  # entries are never empty lists
 
     def next_version(self, name: str) -> int:
         with self._lock:
