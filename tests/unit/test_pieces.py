@@ -225,6 +225,8 @@ def test_partial_file_resumes_and_verifies(tmp_path: Path) -> None:
     p.finish()
     done = ps.complete(sha)
     store.put_blob_file(done, sha)
+    assert ps.serving(sha) == (store.blob_path(sha), None)  # no gap while it is stored
+    ps.drop(sha)
     store.unpin(sha)
     assert file_sha256(store.blob_path(sha)) == sha
     assert ps.serving(sha) == (store.blob_path(sha), None)

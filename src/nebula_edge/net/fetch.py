@@ -189,6 +189,9 @@ class Fetcher:
         except NebulaError as e:
             log.error("fetched %s could not be stored: %s", sha[:12], e.message)
             return False
+        finally:
+            self.pieces.drop(sha)
+            self.metrics.partial_blobs.set(self.pieces.partial_count())
         try:
             return await self._accept(ms, None, how, peer)
         finally:

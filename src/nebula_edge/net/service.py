@@ -9,7 +9,7 @@ discoveries into store changes, and local changes into gossip.
   the manifest's ABI and export) before storing anything.
 * **Fetch** (``net/fetch.py``): bytes not inline are pulled in pieces over HTTP from
   every peer that holds them (``api/pieces.py``), verified and compiled before they are
-  stored. ``BLOB_PROTOCOL`` is still served, for agents of earlier versions.
+  stored. ``BLOB_PROTOCOL`` serves blobs up to 1 MiB (``fetch.STREAM_MAX``).
 * **Sync**: on every new connection and every ``sync_interval_s``, digests are compared
   and differing sets exchanged (``mesh/state.py``): an agent that starts late, restarts
   or was cut off converges without anyone deploying again.
@@ -48,7 +48,7 @@ from nebula_edge.manifest import Manifest, Tombstone
 from nebula_edge.mesh import versions, wire
 from nebula_edge.mesh.state import PeerTable, digest, newest_first
 from nebula_edge.metrics import Metrics
-from nebula_edge.net.fetch import Fetcher
+from nebula_edge.net.fetch import STREAM_MAX, Fetcher
 from nebula_edge.net.mdns import DiscoveredPeer, MdnsService, interface_ips
 from nebula_edge.net.p2p import GossipMessage, P2PEvent, P2PHost, PeerConnected, PeerLost
 from nebula_edge.sandbox import Sandbox
@@ -550,6 +550,8 @@ class MeshService:
         sha = request.decode("ascii", "replace").strip()
         if not self.store.has_blob(sha):
             raise ModuleNotFound(f"no blob {sha[:16]}")
+        if self.store.blob_path(sha).stat().st_size > STREAM_MAX:  # memory stays bounded
+            raise ModuleNotFound(f"blob {sha[:16]} is served in pieces (GET /p2p/pieces)")
         return self.store.read_blob(sha)
 
     def _serve_sync(self, peer: str, request: bytes) -> bytes:

@@ -147,6 +147,9 @@ class PieceStore:
         shutil.rmtree(self.dir, ignore_errors=True)  # what they held was in memory only
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._hashing = threading.Lock()
+        """Held while a stored blob's table is computed: every receiver asks for it at
+        once when a module is deployed, and the blob is hashed once, not once each."""
         self._tables: OrderedDict[str, PieceTable] = OrderedDict()
         self._partials: dict[str, Partial] = {}
 
@@ -161,17 +164,22 @@ class PieceStore:
             p = self._partials.get(sha)
             if p is not None:
                 return p.table
-        try:
-            path = self.store.blob_path(sha)
-            size = path.stat().st_size
-            t = table_of_file(path, size, piece_size)
-        except (OSError, StoreError, BadRequest):
-            return None
-        with self._lock:
-            self._tables[sha] = t
-            while len(self._tables) > TABLE_CACHE:
-                self._tables.popitem(last=False)
-        return t
+        with self._hashing:
+            with self._lock:
+                t = self._tables.get(sha)
+            if t is not None and t.piece_size == piece_size:
+                return t  # computed while this thread waited
+            try:
+                path = self.store.blob_path(sha)
+                size = path.stat().st_size
+                t = table_of_file(path, size, piece_size)
+            except (OSError, StoreError, BadRequest):
+                return None
+            with self._lock:
+                self._tables[sha] = t
+                while len(self._tables) > TABLE_CACHE:
+                    self._tables.popitem(last=False)
+            return t
 
     def serving(self, sha: str) -> tuple[Path, frozenset[int] | None] | None:
         """Where to read ``sha``'s pieces from and which are held (None: all): the stored
@@ -216,14 +224,11 @@ class PieceStore:
             return len(self._partials)
 
     def complete(self, sha: str) -> Path:
-        """Move a finished partial blob aside for storing; it is no longer served as
-        partial (the stored blob is served instead once it is written)."""
+        """The path of a finished partial blob, for ``ModuleStore.put_blob_file`` to move
+        into ``blobs/``. It stays registered (and served) until ``drop``: from the move
+        on, ``serving`` finds the stored blob first, so peers never see a gap."""
         with self._lock:
-            p = self._partials.pop(sha)
-        p.close()
-        done = self.dir / f"{sha}.done"
-        os.replace(p.path, done)
-        return done
+            return self._partials[sha].path
 
 
 __all__ = ["Partial", "PieceStore", "PieceTable", "PieceWriter", "file_sha256",
