@@ -7,8 +7,10 @@ Measured, in this order:
      fresh Store + instantiate + call of ``double``;
    * ``Sandbox.call``: our ``nebula_edge.sandbox.Sandbox`` doing the same call (limits,
      epoch deadline, argument checks), so the sandbox's own overhead is visible;
-2. a real agent (``edge -mesh=false`` on loopback) under load, 32 connections:
-   * ``POST /debug/echo``: the agent's trivial JSON echo (the HTTP stack's own floor);
+2. a real agent on loopback under load, 32 connections, twice in the same run: once
+   with ``-mesh=false`` and once with default flags (mesh on: libp2p, mDNS restricted
+   to 127.0.0.1, no peers), each measured on:
+   * ``POST /debug/echo``: the agent's trivial JSON echo (the aiohttp stack's own floor);
    * ``POST /exec`` of ``double``.
 
 The load generator is ``wrk`` when installed (``apt-get install -y wrk``), else a Python
@@ -63,6 +65,8 @@ ARG = 21
 EXEC_BODY = json.dumps({"name": "double", "arg": ARG}, separators=(",", ":"))
 """The echo route gets the same body, so both requests carry identical bytes."""
 TARGET_EXEC_OVER_ECHO = 0.5
+MODES = ("-mesh=false", "default flags (mesh on)")
+MODE_SHORT = {"-mesh=false": "[mesh off]", "default flags (mesh on)": "[mesh on]"}
 
 WRK_SCRIPT = """\
 wrk.method = "POST"
@@ -85,6 +89,7 @@ end
 class LoadResult:
     route: str
     round: int
+    mode: str
     requests: int
     seconds: float
     p50_ms: float
@@ -206,7 +211,9 @@ def sandbox_floor(wasm: bytes, seconds: float, warmup: float) -> Floor:
 class Agent:
     """A real ``edge`` process on loopback, stopped by PID (SIGTERM, then SIGKILL)."""
 
-    def __init__(self, pinning: Pinning, workers: int | None, quiet: bool) -> None:
+    def __init__(self, pinning: Pinning, workers: int | None, quiet: bool,
+                 mesh: bool = False) -> None:
+        self.mesh = mesh
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.tmp = Path(tempfile.mkdtemp(prefix="nebula-bench-agent-"))
@@ -219,7 +226,9 @@ class Agent:
     def start(self, timeout: float = 30.0) -> None:
         cmd = [*self.pinning.prefix(self.pinning.agent), find_tool("edge"),
                "-port", str(self.port), "-bind", "127.0.0.1", "-data", str(self.tmp / "data"),
-               "-mesh=false", "-log-level", "warning"]
+               "-log-level", "warning"]
+        if not self.mesh:
+            cmd.append("-mesh=false")
         if self.workers is not None:
             cmd += ["-workers", str(self.workers)]
         env = {**os.environ, "NEBULA_EDGE_MDNS_INTERFACES": "127.0.0.1"}
@@ -352,7 +361,7 @@ class PyLoad:
 
 
 def load_run(gen: Wrk | PyLoad, agent: Agent, route: str, rnd: int,
-             seconds: float) -> LoadResult:
+             seconds: float, mode: str) -> LoadResult:
     cpu0 = process_cpu_seconds(agent.pid)
     other = OtherLoad(agent.pid)
     t0 = time.monotonic()
@@ -367,7 +376,7 @@ def load_run(gen: Wrk | PyLoad, agent: Agent, route: str, rnd: int,
         # The agent is idle outside the load window (wrk's start and exit), so its CPU
         # time over the whole wall window belongs to these requests.
         per_req = (cpu1 - cpu0) / int(d["requests"]) * 1e6 if int(d["requests"]) else None
-    return LoadResult(route=route, round=rnd, requests=int(d["requests"]),
+    return LoadResult(route=route, round=rnd, mode=mode, requests=int(d["requests"]),
                       seconds=float(d["duration_us"]) / 1e6, p50_ms=float(d["p50_us"]) / 1000,
                       p99_ms=float(d["p99_us"]) / 1000, errors=sum(detail.values()),
                       error_detail=detail, agent_cpu_pct=cpu, agent_cpu_us_per_req=per_req,
@@ -404,6 +413,22 @@ def summarize(results: list[LoadResult], floors: list[Floor]) -> dict[str, float
     return out
 
 
+def print_summary(s: dict[str, Any], multi: bool) -> None:
+    which = " (medians over rounds)" if multi else ""
+    if s["exec_over_echo"] is not None:
+        verdict = "meets" if s["exec_over_echo"] >= TARGET_EXEC_OVER_ECHO else "BELOW"
+        print(f"  /exec / /debug/echo        = {s['exec_over_echo']:.2f}  "
+              f"(target >= {TARGET_EXEC_OVER_ECHO}: {verdict}){which}")
+    if s["exec_over_wasmtime"] is not None:
+        print(f"  /exec / wasmtime floor     = {s['exec_over_wasmtime']:.2f}{which}")
+    if s["exec_over_sandbox"] is not None:
+        print(f"  /exec / Sandbox.call floor = {s['exec_over_sandbox']:.2f}{which}")
+    if s["echo_cost_over_exec_cost"] is not None:
+        print(f"  echo / exec agent CPU per request = {s['echo_cost_over_exec_cost']:.2f}  "
+              f"({s['echo_cpu_us_per_req']:.0f} vs {s['exec_cpu_us_per_req']:.0f} us: the "
+              "req/s ratio a CPU-bound agent would reach; robust to other jobs)")
+
+
 def print_report(report: dict[str, Any]) -> None:
     m = report["machine"]
     print(f"machine: {m['nproc']} CPUs ({m['cpu']}), Python {m['python']}, "
@@ -418,34 +443,26 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"  {f['name']:<44} {f['calls_per_s']:>8,.0f} calls/s {f['us_per_call']:>6.1f} "
               f"us/call, CPU {f['cpu_us_per_call']:.1f} us/call (other jobs' CPU: {other})")
     print()
-    hdr = (f"{'route':<16}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+    hdr = (f"{'route':<24}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
            f"{'agent CPU':>11}{'CPU us/req':>12}{'other CPU':>11}")
     print(hdr)
     print("-" * len(hdr))
     multi = report["rounds"] > 1
     for r in report["load"]:
         label = f"{r['route']}#{r['round']}" if multi else r["route"]
+        label = f"{label} {MODE_SHORT[r['mode']]}"
         cpu = f"{r['agent_cpu_pct']:.0f}%" if r["agent_cpu_pct"] is not None else "-"
         oth = f"{r['other_cpu_pct']:.0f}%" if r["other_cpu_pct"] is not None else "-"
         per = (f"{r['agent_cpu_us_per_req']:.0f}" if r["agent_cpu_us_per_req"] is not None
                else "-")
-        print(f"{label:<16}{r['rps']:>10,.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+        print(f"{label:<24}{r['rps']:>10,.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
               f"{r['errors']:>8}{cpu:>11}{per:>12}{oth:>11}")
-    s = report["summary"]
-    print()
-    which = " (medians over rounds)" if multi else ""
-    if s["exec_over_echo"] is not None:
-        verdict = "meets" if s["exec_over_echo"] >= TARGET_EXEC_OVER_ECHO else "BELOW"
-        print(f"/exec / /debug/echo        = {s['exec_over_echo']:.2f}  "
-              f"(target >= {TARGET_EXEC_OVER_ECHO}: {verdict}){which}")
-    if s["exec_over_wasmtime"] is not None:
-        print(f"/exec / wasmtime floor     = {s['exec_over_wasmtime']:.2f}{which}")
-    if s["exec_over_sandbox"] is not None:
-        print(f"/exec / Sandbox.call floor = {s['exec_over_sandbox']:.2f}{which}")
-    if s["echo_cost_over_exec_cost"] is not None:
-        print(f"echo / exec agent CPU per request = {s['echo_cost_over_exec_cost']:.2f}  "
-              f"({s['echo_cpu_us_per_req']:.0f} vs {s['exec_cpu_us_per_req']:.0f} us: the "
-              "req/s ratio a CPU-bound agent would reach; robust to other jobs)")
+    for mode in MODES:
+        s = report["summaries"].get(mode)
+        if s is not None:
+            print()
+            print(f"agent with {mode}:")
+            print_summary(s, multi)
     echo_cpu = [r["agent_cpu_pct"] for r in report["load"]
                 if r["route"] == "/debug/echo" and r["agent_cpu_pct"] is not None]
     if echo_cpu and max(echo_cpu) < 60:
@@ -474,12 +491,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto",
                    help="load generator (default: wrk if installed, else python)")
     p.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
+    p.add_argument("--mesh-off-only", action="store_true",
+                   help="measure only the -mesh=false agent (default: both)")
     p.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
     return p.parse_args(argv)
 
 
 def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_mode(a: argparse.Namespace, pinning: Pinning, quiet: bool, use_wrk: bool,
+             mode: str, results: list[LoadResult]) -> Wrk | PyLoad:
+    """Start one agent (mesh off, or default flags), load it, stop it."""
+    agent = Agent(pinning, a.workers, quiet, mesh=mode != MODES[0])
+    try:
+        agent.start()
+        agent.deploy()
+        agent.check()
+        gen: Wrk | PyLoad = Wrk(pinning, agent.tmp) if use_wrk else PyLoad(pinning)
+        for route in ("/debug/echo", "/exec"):
+            if a.warmup > 0:
+                log(f"{mode}: warming up {route} for {a.warmup:g} s ...", quiet)
+                gen.run(agent.url + route, a.warmup)
+        for rnd in range(1, a.rounds + 1):
+            for route in ("/debug/echo", "/exec"):
+                log(f"{mode}: round {rnd}: {route} for {a.duration:g} s ...", quiet)
+                results.append(load_run(gen, agent, route, rnd, a.duration, mode))
+        agent.check()
+    except BaseException:
+        if agent.proc is not None:
+            log(f"agent log tail:\n{agent.log_tail()}", False)
+        raise
+    finally:
+        agent.stop()
+    return gen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -500,28 +546,10 @@ def main(argv: list[str] | None = None) -> int:
         floors = [wasmtime_floor(wasm, a.floor_seconds, 0.5),
                   sandbox_floor(wasm, a.floor_seconds, 0.5)]
 
-    agent = Agent(pinning, a.workers, quiet)
     results: list[LoadResult] = []
-    try:
-        agent.start()
-        agent.deploy()
-        agent.check()
-        gen: Wrk | PyLoad = Wrk(pinning, agent.tmp) if use_wrk else PyLoad(pinning)
-        for route in ("/debug/echo", "/exec"):
-            if a.warmup > 0:
-                log(f"warming up {route} for {a.warmup:g} s ...", quiet)
-                gen.run(agent.url + route, a.warmup)
-        for rnd in range(1, a.rounds + 1):
-            for route in ("/debug/echo", "/exec"):
-                log(f"round {rnd}: {route} for {a.duration:g} s ...", quiet)
-                results.append(load_run(gen, agent, route, rnd, a.duration))
-        agent.check()
-    except BaseException:
-        if agent.proc is not None:
-            log(f"agent log tail:\n{agent.log_tail()}", False)
-        raise
-    finally:
-        agent.stop()
+    modes = [m for m in MODES if not (a.mesh_off_only and m != MODES[0])]
+    for mode in modes:
+        gen = run_mode(a, pinning, quiet, use_wrk, mode, results)
 
     report: dict[str, Any] = {
         "machine": machine(),
@@ -535,7 +563,9 @@ def main(argv: list[str] | None = None) -> int:
         "workers": a.workers,
         "floors": [f.to_json() for f in floors],
         "load": [r.to_json() for r in results],
-        "summary": summarize(results, floors),
+        "summary": summarize([r for r in results if r.mode == MODES[0]], floors),
+        "summaries": {m: summarize([r for r in results if r.mode == m], floors)
+                      for m in modes},
     }
     if a.json:
         print(json.dumps(report, indent=2))

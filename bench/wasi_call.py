@@ -5,9 +5,10 @@
   memfds, a fresh Store, instantiate, ``_start``, read stdout. That is the cheapest way
   wasmtime-py's own API offers (temp files in /tmp cost 700+ us a call).
 * ``Sandbox.call`` (``nebula_edge.sandbox``): the agent's whole call: limits, stdin from
-  bytes, memfds policed for size, the call through wasmtime's C API, JSON in and out.
+  bytes, stdout/stderr written by the agent's own ``fd_write`` into capped buffers, the
+  call through wasmtime's C API, JSON in and out.
 * the module's own work, for scale: ``Sandbox`` internals with the Store, instance and
-  ``_start`` only (no memfd set-up, no JSON), so the rest of a call is what we add.
+  ``_start`` only (no JSON), so the rest of a call is what we add.
 
 The process pins itself to one CPU (the last one) unless ``--no-pin``.
 
@@ -77,22 +78,15 @@ def sandbox_floors(wasm: bytes, seconds: float, warmup: float) -> list[Floor]:
         compiled = sandbox.load(m, read)
         limits = sandbox.effective_limits(m.limits)
         stdin = json.dumps(ARG).encode()
-        out = os.memfd_create("out", os.MFD_CLOEXEC)
-        err = os.memfd_create("err", os.MFD_CLOEXEC)
 
         def module_only() -> object:
-            os.ftruncate(out, 0)
-            with sandbox_call._instance(compiled, limits, (stdin, out, err)) as (ctx, inst):
+            st = sandbox_call._state(compiled, limits, sandbox.env, capture=True)
+            with sandbox_call._instance(compiled, limits, sandbox.env, st, stdin) as (ctx, inst):
                 start = sandbox_call._export_func(ctx, inst, b"_start")
                 return sandbox_call._call_raw(ctx, start, [], [], [])
 
-        try:
-            return [timed_loop("Sandbox.call (nebula_edge.sandbox)", call, seconds, warmup),
-                    timed_loop("Store + instantiate + _start only", module_only, seconds,
-                               warmup)]
-        finally:
-            os.close(out)
-            os.close(err)
+        return [timed_loop("Sandbox.call (nebula_edge.sandbox)", call, seconds, warmup),
+                timed_loop("Store + instantiate + _start only", module_only, seconds, warmup)]
 
 
 def main(argv: list[str] | None = None) -> int:

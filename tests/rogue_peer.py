@@ -7,6 +7,8 @@ Uses py-libp2p directly (its own fresh ed25519 key, noise + yamux like the agent
                                                      malformed frames and garbage-key RPCs
     python tests/rogue_peer.py publish <multiaddr>   well-formed, signed gossip on the
                                                      agents' topic with invalid content
+    python tests/rogue_peer.py origins <multiaddr> N N messages, each from a freshly
+                                                     minted origin id (signed by its key)
 
 It connects to ``<multiaddr>`` (``/ip4/127.0.0.1/tcp/<p2p port>/p2p/<peer id>``), does its
 mischief, prints one JSON line saying what it sent, then stays connected until its stdin
@@ -128,6 +130,52 @@ def bad_publishes(valid_wasm: bytes) -> list[tuple[str, str | None, bytes]]:
     ]
 
 
+# --- fresh origin ids: each message signed by a key minted for it ------------------------
+ORIGINS_PER_S = 80.0
+"""Below the agents' spam limit (500 msg/s per neighbour and topic) and below what one
+agent verifies and handles per second on a loaded 2-core machine (at 150-400/s its reads
+fell behind, our ping answers queued behind the flood and it dropped us as frozen)."""
+
+
+async def publish_from_fresh_origins(host: Any, pubsub: Pubsub, count: int) -> int:
+    """``count`` messages, each from an origin id minted for it (validly signed by that
+    origin's own key), relayed by this peer: well-formed announcements of one small
+    module (malformed ones would get this peer graylisted by gossipsub's scoring and the
+    rest ignored before the agent sees them)."""
+    from libp2p.peer.id import ID
+    from libp2p.pubsub import pubsub as pubsub_module
+    from libp2p.pubsub.pb import rpc_pb2
+    from libp2p.pubsub.rpc_queue import RpcQueue
+
+    class DeepQueue(RpcQueue):  # the default 32 RPCs silently drop most of a flood
+        def __init__(self, max_size: int = 100_000, max_message_size: int = 1 << 20) -> None:
+            super().__init__(max_size=max_size, max_message_size=max_message_size)
+
+    for queue in pubsub.peer_queues.values():  # made at connect time
+        queue._queue.max_size = 100_000
+    pubsub_module.RpcQueue = DeepQueue  # type: ignore[misc]
+
+    good = announce(manifest("rogue-origins", b"\x00asm\x01\x00\x00\x00"), None)
+
+    def mint(i: int) -> Any:
+        keys = create_new_key_pair()
+        msg = rpc_pb2.Message(data=good, topicIDs=[TOPIC],
+                              from_id=ID.from_pubkey(keys.public_key).to_bytes(),
+                              seqno=secrets.token_bytes(8))
+        msg.signature = keys.private_key.sign(b"libp2p-pubsub:" + msg.SerializeToString())
+        msg.key = keys.public_key.serialize()
+        return msg
+
+    # Minted in a thread: a trio loop busy signing stops answering the agent's pings
+    # (it would drop us as frozen after 4 s).
+    messages = await trio.to_thread.run_sync(lambda: [mint(i) for i in range(count)])
+    began = trio.current_time()
+    for i, msg in enumerate(messages):
+        await pubsub.push_msg(host.get_id(), msg)  # our router relays it to the agent
+        await trio.sleep_until(began + (i + 1) / ORIGINS_PER_S)
+    return count
+
+
 # --- the peer ---------------------------------------------------------------------------
 async def echo_pings(stream: Any) -> None:
     try:
@@ -189,6 +237,10 @@ async def main(mode: str, target: str, wasm_path: str | None) -> None:
                     await pubsub.publish(TOPIC, payload)
                     published.append({"what": what, "reason": reason, "bytes": len(payload)})
                 report["published"] = published
+            elif mode == "origins":
+                count = int(wasm_path or "1000")
+                await pubsub.wait_for_subscription(info.peer_id, TOPIC, timeout=CONNECT_TIMEOUT_S)
+                report["origins"] = await publish_from_fresh_origins(host, pubsub, count)
             else:
                 raise SystemExit(f"unknown mode {mode!r}")
             print(json.dumps(report), flush=True)

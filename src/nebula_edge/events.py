@@ -29,10 +29,12 @@ class EventLog:
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self.recorded = 0
 
-    def record(self, kind: str, **fields: Any) -> dict[str, Any]:
-        """Keep an event (``kind`` such as ``deploy``, ``peer_joined``) and wake waiters."""
+    def record(self, kind: str, at: float | None = None, **fields: Any) -> dict[str, Any]:
+        """Keep an event (``kind`` such as ``deploy``, ``peer_joined``) and wake waiters;
+        ``at``: when it happened, if not now (a change learnt later from the mesh)."""
         with self._lock:
-            ev = {"seq": next(self._seq), "at": time.time(), "kind": kind, **fields}
+            ev = {"seq": next(self._seq), "at": time.time() if at is None else at,
+                  "kind": kind, **fields}
             self._ring.append(ev)
             self.recorded += 1
             waiters = list(self._waiters)

@@ -60,6 +60,13 @@ class Metrics:
         self.quarantined_total = Counter(
             "nebula_edge_quarantined_total", "Blobs that failed verification on read",
             registry=r)
+        self.exec_waiting = Gauge(
+            "nebula_edge_exec_waiting",
+            "Calls waiting in a WASI sleep with their worker slot lent", registry=r)
+        self.sandbox_limit = Gauge(
+            "nebula_edge_sandbox_limit",
+            "Fixed sandbox bounds: workers, wait_workers, table_elements, max_tables",
+            ["bound"], registry=r)
 
         self.held_back_total = Counter(
             "nebula_edge_held_back_total",
@@ -90,6 +97,27 @@ class Metrics:
                              "?follow=1, ui: dashboard)", ["kind"], registry=r)
         self.streams_limit = Gauge("nebula_edge_streams_limit", "Most live streams served "
                                    "at once, by kind", ["kind"], registry=r)
+
+        # Large modules travel in pieces (net/fetch.py, api/pieces.py).
+        self.pieces_total = Counter(
+            "nebula_edge_pieces_total", "Module pieces by direction (sent, received) and "
+            "outcome (ok, busy, seeded, missing, bad, error; sent/absent: asked which "
+            "pieces of bytes this agent does not hold)", ["direction", "outcome"], registry=r)
+        self.piece_bytes_total = Counter(
+            "nebula_edge_piece_bytes_total", "Module bytes moved in pieces, by direction "
+            "(sent, received)", ["direction"], registry=r)
+        self.uploads_in_flight = Gauge(
+            "nebula_edge_uploads_in_flight", "Pieces being sent to peers now (at most "
+            "MAX_UPLOADS)", registry=r)
+        self.partial_blobs = Gauge(
+            "nebula_edge_partial_blobs", "Module blobs being received piece by piece",
+            registry=r)
+        self.failed_versions = Gauge(
+            "nebula_edge_failed_versions", "Versions remembered as not compiling here (not "
+            "fetched again; at most FAILED_VERSIONS_MAX)", registry=r)
+        self.unavailable_blobs = Gauge(
+            "nebula_edge_unavailable_blobs", "Blobs no peer could serve, not asked for "
+            "again until their cooldown ends (at most UNAVAILABLE_MAX)", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -130,6 +158,9 @@ class _MeshCollector(Collector):
                                 f["p2p_loop_lag"])
         yield CounterMetricFamily("nebula_edge_p2p_loop_stalls", "Times the libp2p loop "
                                   "was found blocked for 5 s or more", f["p2p_loop_stalls"])
+        yield CounterMetricFamily("nebula_edge_p2p_gossip_received", "Gossip messages "
+                                  "delivered by libp2p (valid for the topic validator)",
+                                  f["gossip_received"])
         dials = CounterMetricFamily("nebula_edge_mdns_candidate_dials", "Dials of peers "
                                     "found by mDNS, by outcome", labels=["outcome"])
         dials.add_metric(["ok"], f["candidate_dials"] - f["candidate_dial_failures"])

@@ -35,7 +35,7 @@ from nebula_edge.events import EventLog
 from nebula_edge.manifest import Manifest, Tombstone, check_name, parse_limits
 from nebula_edge.mesh import versions
 from nebula_edge.metrics import MeshFigures, Metrics, watch_mesh
-from nebula_edge.sandbox import Sandbox
+from nebula_edge.sandbox import MAX_TABLES, Sandbox
 from nebula_edge.store import ModuleStore
 from nebula_edge.store.fsutil import DirLock
 from nebula_edge.store.modules import sha256_hex
@@ -87,6 +87,11 @@ class Node:
             table_elements=config.table_elements, lend=self.workers.lend)
         self._admitted = 0
         self.metrics.exec_in_flight.set_function(lambda: self._admitted)
+        self.metrics.exec_waiting.set_function(lambda: self.workers.lending)
+        for bound, value in (("workers", config.workers), ("wait_workers", config.wait_workers),
+                             ("table_elements", config.table_elements),
+                             ("max_tables", MAX_TABLES)):
+            self.metrics.sandbox_limit.labels(bound).set(value)
         self.node_id = f"{socket.gethostname()}:{config.port}"
         self.events = EventLog()
         self.calllog = CallLog(lambda: self.node_id, on_drop=lambda reason, n:
@@ -136,11 +141,14 @@ class Node:
             now[name] = m.version
             if self._seen.get(name) != m.version:
                 kind = "rollback" if m.rollback_of is not None else "deploy"
-                self.events.record(kind, module=name, version=m.version, sha256=m.sha256,
-                                   agent=m.publisher, via="mesh", **({"from": via} if via
-                                                                    else {}))
+                self.events.record(kind, at=min(m.deployed_at, time.time()), module=name,
+                                   version=m.version, sha256=m.sha256, agent=m.publisher,
+                                   via="mesh", **({"from": via} if via else {}))
         for name in self._seen.keys() - now.keys():
-            self.events.record("delete", module=name, via="mesh")
+            t = self.store.tombstone(name)
+            self.events.record("delete", at=min(t.deleted_at, time.time()) if t else None,
+                               module=name, via="mesh", **({"agent": t.publisher} if t
+                                                           else {}))
         self._seen = now
 
     def _local_change(self, kind: str, name: str, m: Manifest | None) -> None:
@@ -308,10 +316,11 @@ class Node:
             self.mesh.announce(t)
         return t
 
-    async def rollback(self, name: str, signed: Signed | None = None) -> Manifest:
+    async def rollback(self, name: str, signed: Signed | None = None,
+                       restores: str | None = None) -> Manifest:
         """Make an older version current again, as a new version with its bytes: the one
-        a signed order names by id (``restores``), else the previous one. The new
-        manifest records which version it restores, by id."""
+        named by id (``restores``: the signed order's, or the caller's when unsigned),
+        else the previous one. The new manifest records which version it restores."""
         check_name(name)
         self._precheck(signed, "rollback")
         vs = self.store.versions(name)
@@ -320,11 +329,13 @@ class Node:
         if len(vs) < 2:
             raise ModuleNotFound(f"{name} has no previous version to roll back to")
         prev = vs[-2]
+        want = restores
         if signed is not None:
             want = signed.order.get("restores")
             if not isinstance(want, str):
                 raise Forbidden("a signed rollback order must name the version it restores "
                                 "by id (field 'restores'; nebctl -rollback signs it)")
+        if want is not None:
             match = [v for v in vs[:-1] if v.id == want]
             if not match:
                 kept = ", ".join(f"v{v.version} {v.id}" for v in reversed(vs[:-1]))
@@ -368,9 +379,11 @@ class Node:
         check_name(name)
         m = self.store.current(name)
         mesh = self.mesh
-        if mesh is not None and (m is None or mesh.fetcher.newer_pending(name, m)
-                                 or mesh.outdated(name, m) is not None):
-            m = await mesh.obtain(name)
+        if mesh is not None:
+            if m is None or mesh.fetcher.newer_pending(name, m):
+                m = await mesh.obtain(name)
+            # A newer version this agent refused, or whose fetch failed, is not waited
+            # for (nor synced for, on every call): the call goes to a holder at once.
             newer = mesh.outdated(name, m) if m is not None else None
             if newer is not None and forwarded:
                 raise versions.unavailable(newer, mesh.versions.refused(newer))
@@ -449,6 +462,7 @@ class Node:
             "candidate_dials": h.candidate_dials,
             "candidate_dial_failures": h.candidate_dial_failures,
             "requests_refused": h.requests_refused, "bounds": bounds,
+            "gossip_received": h.gossip_received,
         }
 
     def _mesh_health(self) -> tuple[list[str], dict[str, Any] | None]:

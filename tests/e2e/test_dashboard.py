@@ -69,10 +69,13 @@ def test_dashboard_live_in_a_browser(agent_factory: AgentPool, browser: Any) -> 
             route.abort()
 
     page.route("**/*", only_the_agent)
+    errors: list[str] = []  # script errors, CSP violations
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(a.url + "/ui")
     page.wait_for_selector('#live[data-state="live"]', timeout=10_000)
-    page.wait_for_function("document.querySelectorAll('#agents tr[data-status=healthy]')"
-                           ".length === 2", timeout=10_000)
+    # (selectors, not wait_for_function: the page's CSP forbids the eval that needs)
+    page.wait_for_selector("#agents tr[data-status=healthy]:nth-of-type(2)", timeout=10_000)
     page.evaluate("window.__sameDocument = 'yes'")  # gone if the page reloads
 
     # A deploy through the API (on B): the page of A shows it held by both within 2 s.
@@ -89,8 +92,8 @@ def test_dashboard_live_in_a_browser(agent_factory: AgentPool, browser: Any) -> 
     page.wait_for_selector('#modules tr[data-module="dash"][data-version="2"]'
                            '[data-held="2"]', timeout=SHOWN_MS)
     assert a.exec("dash", 7)[1] == {"result": 21}
-    page.wait_for_function("document.querySelector('#modules tr[data-module=dash] td.num')"
-                           ".textContent !== '-'", timeout=5_000)
+    page.wait_for_selector('#modules tr[data-module="dash"][data-calls="1"]', timeout=5_000)
+    assert page.inner_text('#modules tr[data-module="dash"] td.num') != "-"  # calls/s
     page.wait_for_selector('#events li[data-kind="deploy"]', timeout=SHOWN_MS)
     assert page.evaluate("window.__sameDocument") == "yes", "the page reloaded"
 
@@ -105,10 +108,17 @@ def test_dashboard_live_in_a_browser(agent_factory: AgentPool, browser: Any) -> 
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=True)
 
+    # A delete made on B: the module leaves A's page, and A's events say so.
+    assert b.delete("/modules/dash")[0] == 200
+    page.wait_for_selector('#modules tr[data-module="dash"]', state="detached", timeout=5_000)
+    page.wait_for_selector('#events li[data-kind="delete"]', timeout=5_000)
+
     # An agent that stops is shown as lost, live.
     b.stop()
     page.wait_for_selector('#agents tr[data-status="lost"]', timeout=20_000)
     assert outside == [], f"the page loaded from outside the agent: {outside}"
+    # Only the stream's reconnect attempts to the stopped agent may complain.
+    assert [e for e in errors if "/ui/events" not in e and "ERR_CONNECTION" not in e] == []
     print(f"\ndashboard: deploy shown held by 2/2 after {shown_s:.2f} s; "
           f"test {time.monotonic() - t_start:.1f} s")
 
@@ -130,3 +140,42 @@ def test_dashboard_state_is_json(agent_factory: AgentPool) -> None:
     assert status == 404, err
     status, err, _ = a.get("/ui/state?events=x")
     assert status == 400 and err["error"]["code"] == "bad_request", err
+
+
+def test_dashboard_changes_need_the_token(agent_factory: AgentPool, browser: Any,
+                                          tmp_path: Path) -> None:
+    """With -token the page offers deploy, roll back and delete; the API checks the token
+    typed into the page. Without -token the page has no such controls (read-only)."""
+    a = agent_factory("-token", "s3cret")
+    wasm = tmp_path / "triple.wasm"
+    wasm.write_bytes(TRIPLE)
+    page = browser.new_page()
+    page.on("dialog", lambda d: d.accept())  # the delete confirmation
+    page.goto(a.url + "/ui")
+    page.wait_for_selector("#actions:not([hidden])", timeout=10_000)
+    page.fill("#deploy-name", "byhand")
+    page.set_input_files("#deploy-file", str(wasm))
+    page.fill("#token", "wrong")
+    page.click("#deploy")
+    page.wait_for_selector("#action-msg.bad:has-text('unauthorized')", timeout=5_000)
+    page.fill("#token", "s3cret")
+    page.click("#deploy")
+    page.wait_for_selector('#modules tr[data-module="byhand"][data-version="1"]',
+                           timeout=SHOWN_MS)
+    page.click("#deploy")  # the same bytes again: a new version
+    page.wait_for_selector('#modules tr[data-module="byhand"][data-version="2"]',
+                           timeout=SHOWN_MS)
+    page.click('#modules button[data-action="rollback"][data-name="byhand"]')
+    page.wait_for_selector('#modules tr[data-module="byhand"][data-version="3"]',
+                           timeout=SHOWN_MS)
+    assert a.exec("byhand", 5)[1] == {"result": 15}
+    page.click('#modules button[data-action="delete"][data-name="byhand"]')
+    page.wait_for_selector('#modules tr[data-module="byhand"]', state="detached",
+                           timeout=SHOWN_MS)
+    assert "byhand" not in a.module_names()
+
+    b = agent_factory()  # no token: read-only
+    page.goto(b.url + "/ui")
+    page.wait_for_selector('#live[data-state="live"]', timeout=10_000)
+    assert page.is_hidden("#actions")
+    assert page.locator("#modules button").count() == 0

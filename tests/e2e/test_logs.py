@@ -11,7 +11,10 @@ import subprocess
 import threading
 import urllib.parse
 
+import wasmtime
+
 from agents import NEBCTL, ROOT, SAMPLES, Agent, AgentPool, connected, edge_env, p2p_addr, wait_for
+from nebula_edge.calllog import LOG_ENTRIES, LOG_LINES_PER_CALL
 
 EXIT3 = SAMPLES / "misbehave" / "exit3.wasm"
 """Writes "something went wrong" to stderr and exits 3 (the call fails: wasi_exit)."""
@@ -100,3 +103,38 @@ def test_logs_endpoint_errors(agent_factory: AgentPool) -> None:
     assert status == 400 and json.loads(raw)["error"]["code"] == "bad_request", raw
     out = a.nebctl("-logs", "nope", "-token", "s3cret")
     assert out.returncode == 1 and "no agent has a log" in out.stderr, out
+
+
+NOISY = bytes(wasmtime.wat2wasm('''
+(module
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "oops: something is off\\n")
+  (func (export "_start") (local $i i32)
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 23))
+    (loop $again
+      (drop (call $fd_write (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $again (i32.lt_u (local.get $i) (i32.const 1000))))))
+'''))
+"""A WASI command that writes 1,000 lines to stderr per call."""
+
+
+def test_a_noisy_module_fills_only_its_ring(agent_factory: AgentPool) -> None:
+    a = agent_factory()
+    status, body, _ = a.upload("noisy", NOISY)
+    assert status == 201 and body["module"]["abi"] == "wasi", body
+    calls = 15
+    for _ in range(calls):
+        status, body, _ = a.exec("noisy")
+        assert status == 200, body
+    status, body, _ = a.get("/modules/noisy/logs")
+    entries = body["entries"]
+    assert len(entries) == LOG_ENTRIES  # 15 calls x (1 record + 20 lines) > the ring
+    assert {e["line"] for e in entries if e["kind"] == "stderr"} == {"oops: something is off"}
+    assert entries[-1]["kind"] == "stderr"  # the newest call's last line
+    assert a.metric("nebula_edge_call_log_dropped_total", reason="stderr_lines") == \
+        calls * (1000 - LOG_LINES_PER_CALL)
+    assert a.metric("nebula_edge_call_log_entries") == LOG_ENTRIES

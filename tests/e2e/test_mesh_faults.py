@@ -57,8 +57,8 @@ def answered(agent: Agent, name: str, arg: int, expected: int) -> Any:
 
 
 def modules_without_holders(agent: Agent) -> list[dict[str, Any]]:
-    """``GET /modules`` minus ``peers`` and ``holders`` (the holders the agent knows of
-    right now)."""
+    """``GET /modules`` minus ``peers`` and ``holders`` (the holders the agent knows of right
+    now)."""
     status, body, _ = agent.get("/modules")
     assert status == 200, body
     return [{k: v for k, v in m.items() if k not in ("peers", "holders")}

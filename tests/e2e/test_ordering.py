@@ -23,10 +23,11 @@ from agents import (
     p2p_addr,
     run_nebctl,
     wait_for,
+    with_custom_section,
 )
 from nebula_edge import keys
 from nebula_edge.config import Limits
-from nebula_edge.manifest import Manifest, canonical
+from nebula_edge.manifest import Manifest, Tombstone, canonical
 from nebula_edge.store import ModuleStore
 
 DOUBLE = SAMPLES / "double" / "double.wasm"
@@ -48,6 +49,15 @@ def future_manifest(key: Path, name: str, wasm: bytes, export: str,
     return Manifest(name=name, version=9, sha256=sha, size=len(wasm), abi="export",
                     export=export, limits=Limits(), deployed_at=at, publisher=pub,
                     signature=keys.sign(priv, order), order=order)
+
+
+def future_tombstone(key: Path, name: str) -> Tombstone:
+    """A deletion of ``name`` signed by ``key``, dated a day from now."""
+    priv = keys.load_private(key)
+    pub = keys.public_key_str(priv)
+    at = time.time() + DAY_S
+    order = {"op": "delete", "name": name, "at": at, "key": pub}
+    return Tombstone(name, at, pub, keys.sign(priv, order), order)
 
 
 def signed_headers(m: Manifest) -> dict[str, str]:
@@ -77,6 +87,7 @@ def test_a_day_ahead_order_does_not_freeze_the_name(agent_factory: AgentPool,
     store.put_blob(calc)
     assert store.put_manifest(future)
     store.unpin(future.sha256)
+    assert store.put_tombstone(future_tombstone(key, "gone"))  # deletes "gone" for a day
 
     a = agent_factory(*FAST, *trust, mesh=True)
     b = agent_factory(*FAST, *trust, "-peer", p2p_addr(a), mesh=True)
@@ -86,10 +97,17 @@ def test_a_day_ahead_order_does_not_freeze_the_name(agent_factory: AgentPool,
              msg="three agents connected")
     assert current(c, "fn") is not None and current(c, "fn")["id"] == future.id  # type: ignore[index]
     for agent in (a, b):
-        wait_for(lambda agent=agent: (agent.metric("nebula_edge_held_back_total",
-                                                   kind="manifest") or 0) >= 1,
-                 CONVERGE_S, msg=f"{agent} to hold back the day-ahead version")
+        for kind in ("manifest", "tombstone"):
+            wait_for(lambda agent=agent, kind=kind: (agent.metric(
+                "nebula_edge_held_back_total", kind=kind) or 0) >= 1,
+                CONVERGE_S, msg=f"{agent} to hold back the day-ahead {kind}")
         assert current(agent, "fn") is None
+
+    # The day-ahead deletion does not stop a deploy of its name by the clock.
+    b.nebctl("-wasm", str(DOUBLE), "-name", "gone", "-key", str(key), check=True)
+    for agent in (a, b):
+        wait_for(lambda agent=agent: agent.exec("gone", 21)[:2] == (200, {"result": 42}),
+                 CONVERGE_S, msg=f"a deploy of a name deleted a day ahead to run on {agent}")
 
     # A correctly clocked deploy, signed by the same key, becomes current on A and B.
     a.nebctl("-wasm", str(DOUBLE), "-name", "fn", "-key", str(key), check=True)
@@ -174,3 +192,25 @@ def test_a_deploy_dated_within_the_skew_does_not_block_the_next_one(
                  CONVERGE_S, msg=f"the later deploy to be current on {agent}")
         cur = current(agent, "fn")
         assert cur is not None and cur["deployed_at"] > ahead.deployed_at  # type: ignore[operator]
+
+
+def test_a_rollback_restores_the_version_it_names_by_id(agent_factory: AgentPool) -> None:
+    """Unsigned too: ``{"restores": id}`` picks any kept older version (here the oldest,
+    skipping the previous one); nebctl -rollback names the previous one by id."""
+    a = agent_factory()
+    assert a.upload("fn", CALC, export="add")[0] == 201
+    assert a.upload("fn", DOUBLE)[0] == 201
+    assert a.upload("fn", with_custom_section(DOUBLE.read_bytes(), "v3", b"x"))[0] == 201
+    vs = a.get("/modules/fn")[1]["versions"]
+    assert [v["version"] for v in vs] == [3, 2, 1] and len({v["id"] for v in vs}) == 3
+    status, body, _ = a.post("/modules/fn/rollback", {"restores": vs[2]["id"]})
+    assert status == 200, body
+    m = body["module"]
+    assert (m["restores"], m["rollback_of"], m["export"]) == (vs[2]["id"], 1, "add")
+    assert a.exec("fn", args=[2, 3])[:2] == (200, {"result": 5})
+    status, body, _ = a.post("/modules/fn/rollback", {"restores": 7})
+    assert status == 400 and body["error"]["code"] == "bad_request", body
+    a.nebctl("-rollback", "fn", check=True)  # back to the version below v4: v3's bytes
+    cur = a.get("/modules/fn")[1]["current"]
+    assert cur["restores"] == vs[0]["id"] and cur["rollback_of"] == 3
+    assert a.exec("fn", 21)[:2] == (200, {"result": 42})

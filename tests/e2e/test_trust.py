@@ -170,3 +170,37 @@ def test_a_rogue_publisher_in_the_mesh_cannot_inject_a_module(
             assert status == 404, body  # not run locally, not forwarded to C either
         time.sleep(0.5)
     assert c.exec("evil", args=[1, 2])[:2] == (200, {"result": 3})
+
+
+def test_a_signed_rollback_names_the_version_it_restores(
+        agent_factory: AgentPool, trusted: tuple[Path, str]) -> None:
+    """The rollback order carries the id of the version to restore: without one it is
+    refused with a clear message (an order signed by an older nebctl), an id this agent
+    does not keep is 404 naming the kept ones, and the right one restores exactly it."""
+    key, pub = trusted
+    a = agent_factory("-trust", pub)
+    a.nebctl("-wasm", str(DOUBLE), "-name", "double", "-key", str(key), check=True)
+    a.nebctl("-wasm", str(CALC), "-name", "double", "-export", "add", "-key", str(key),
+             check=True)
+    versions = a.get("/modules/double")[1]["versions"]
+    prev = versions[1]
+    order: dict[str, object] = {"op": "rollback", "name": "double", "sha256": prev["sha256"],
+                                "abi": prev["abi"], "export": prev["export"],
+                                "limits": prev["limits"], "at": time.time()}
+
+    def rollback(o: dict[str, object]) -> tuple[int, dict]:
+        status, raw, _ = a.request("POST", "/modules/double/rollback", None,
+                                   signed_headers(key, o))
+        return status, json.loads(raw)
+
+    status, body = rollback(order)
+    assert status == 403 and "'restores'" in body["error"]["message"], body
+    status, body = rollback({**order, "restores": "0" * 16})
+    assert status == 404 and prev["id"] in body["error"]["message"], body
+    assert a.get("/modules/double")[1]["current"]["id"] == versions[0]["id"]  # unchanged
+    status, body = rollback({**order, "restores": prev["id"], "at": time.time()})
+    assert status == 200, body
+    m = body["module"]
+    assert m["restores"] == prev["id"] and m["order"]["restores"] == prev["id"]
+    assert m["rollback_of"] == prev["version"] and m["sha256"] == prev["sha256"]
+    assert a.exec("double", 21)[:2] == (200, {"result": 42})

@@ -82,3 +82,16 @@ def test_at_most_max_dials_in_flight() -> None:
 def test_an_answer_without_addresses_makes_no_candidate() -> None:
     t = CandidateTable()
     assert not t.offer("p", [], 0.0) and len(t) == 0
+
+
+def test_per_origin_penalties_are_capped_least_recently_set_first() -> None:
+    from nebula_edge.net.p2p_hardening import CappedPenalties
+
+    p = CappedPenalties(limit=3)
+    for origin in "abcd":
+        p[origin] += 100.0  # as gossipsub's scorer does, for an equivocating origin
+    assert list(p) == ["b", "c", "d"] and p.evicted == 1
+    assert p["zz"] == 0.0 and "zz" not in p  # reading does not store
+    p["b"] *= 0.5  # decay on heartbeat touches it
+    p["e"] += 1.0
+    assert list(p) == ["d", "b", "e"]

@@ -17,7 +17,7 @@ from nebula_edge.config import Limits
 from nebula_edge.errors import VersionUnavailable
 from nebula_edge.manifest import Manifest, Tombstone
 from nebula_edge.mesh import versions
-from nebula_edge.mesh.versions import HeldBack, VersionBook
+from nebula_edge.mesh.versions import Once, VersionBook
 from nebula_edge.store import ModuleStore
 
 NOW = 1_800_000_000.0
@@ -72,8 +72,8 @@ def test_record_time_of_either_kind() -> None:
     assert versions.record_time(Tombstone("fn", 13.0, "p")) == 13.0
 
 
-def test_held_back_ids_are_counted_once_and_bounded() -> None:
-    held = HeldBack(cap=3)
+def test_held_back_and_refused_ids_are_counted_once_and_bounded() -> None:
+    held = Once(cap=3)
     assert held.first_time("a") and not held.first_time("a")
     for rid in "bcd":
         assert held.first_time(rid)

@@ -263,10 +263,14 @@ async def rollback_module(request: web.Request) -> web.Response:
     require_token(request)
     node = request.app[NODE]
     signed = signed_from_headers(request)
+    restores = None
     if signed is None and request.can_read_body:
         body = await read_json(request, 64 * 1024)
         signed = signed_from(body.get("order"), body.get("signature"))
-    m = await node.rollback(request.match_info["name"], signed)
+        restores = body.get("restores")  # unsigned: which version, by id (else the previous)
+        if restores is not None and not isinstance(restores, str):
+            raise BadRequest("field 'restores' must be a version id (16 hex digits)")
+    m = await node.rollback(request.match_info["name"], signed, restores)
     return web.json_response({"module": node.module_view(m)})
 
 
@@ -313,4 +317,6 @@ def make_app(node: Node) -> web.Application:
     app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/debug/echo", echo)
     ui.register(app, node, require_token)  # /ui, /ui/state, /ui/events, /modules/{name}/logs
+    from nebula_edge.api import pieces  # it imports this module: NODE, require_token
+    pieces.add_routes(app)
     return app

@@ -17,6 +17,9 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 ERR = _json(_ref("Error"), "Error")
+_SHA_PARAM = {"name": "sha", "in": "path", "required": True,
+              "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}
+_HTML = {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}
 NAME_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 NAME_PARAM = {"name": "name", "in": "path", "required": True,
               "schema": {"type": "string", "pattern": NAME_PATTERN}}
@@ -79,11 +82,84 @@ OPENAPI: dict[str, Any] = {
                                      "401": ERR, "403": ERR, "404": ERR}},
         },
         "/modules/{name}/rollback": {"post": {
-            "summary": "Make the previous version current again",
+            "summary": "Make an older version current again (the previous one, or the "
+                       "one named by id)",
             "parameters": [NAME_PARAM],
+            "requestBody": {"required": False, "content": {"application/json": {
+                "schema": {"type": "object", "properties": {
+                    "restores": {"type": "string", "description": "id of the kept version "
+                                 "to restore (unsigned requests; a signed order names it)"},
+                    "order": {"type": "object"}, "signature": {"type": "string"}}}}}},
             "responses": {"200": _json(_ref("ModuleResponse"), "Rolled back"), "400": ERR,
                           "401": ERR, "403": ERR, "404": ERR},
         }},
+        "/modules/{name}/logs": {"get": {
+            "summary": "A module's call log on this agent: one record per call (time, agent, "
+                       "duration, outcome, error code) and the WASI stderr lines it wrote, "
+                       "oldest first; with follow=1 a stream of JSON lines (backlog, then "
+                       "new entries as calls end). Needs the token when the agent has one.",
+            "parameters": [NAME_PARAM,
+                           {"name": "since", "in": "query", "required": False,
+                            "description": "only entries with a larger seq",
+                            "schema": {"type": "integer"}},
+                           {"name": "limit", "in": "query", "required": False,
+                            "description": "at most this many (the newest)",
+                            "schema": {"type": "integer"}},
+                           {"name": "follow", "in": "query", "required": False,
+                            "schema": {"type": "string", "enum": ["0", "1"]}}],
+            "responses": {"200": {"description": "Log", "content": {
+                "application/json": {"schema": _ref("Logs")},
+                "application/x-ndjson": {"schema": {"type": "string"}}}},
+                "400": ERR, "401": ERR, "404": ERR, "503": ERR},
+        }},
+        "/ui": {"get": {"summary": "The dashboard (HTML; live, read-only)",
+                        "responses": {"200": _HTML}}},
+        "/ui/": {"get": {"summary": "The dashboard (same as /ui)",
+                         "responses": {"200": _HTML}}},
+        "/ui/static/{file}": {"get": {
+            "summary": "The dashboard's script and stylesheet (app.js, style.css)",
+            "parameters": [{"name": "file", "in": "path", "required": True,
+                            "schema": {"type": "string", "enum": ["app.js", "style.css"]}}],
+            "responses": {"200": {"description": "Asset", "content": {
+                "text/javascript": {"schema": {"type": "string"}},
+                "text/css": {"schema": {"type": "string"}}}}, "404": ERR}}},
+        "/ui/state": {"get": {
+            "summary": "What the dashboard shows, as JSON: agents (status healthy, degraded "
+                       "or lost; versions held), modules (holders per version, calls/s, "
+                       "p50/p99, errors), recent events",
+            "parameters": [{"name": "events", "in": "query", "required": False,
+                            "description": "how many recent events (default 50)",
+                            "schema": {"type": "integer"}}],
+            "responses": {"200": _json(_ref("UiState"), "State"), "400": ERR}}},
+        "/ui/events": {"get": {
+            "summary": "The dashboard state as Server-Sent Events: an `event: state` with "
+                       "the /ui/state JSON whenever it changes",
+            "x-nebula-stream": True,
+            "responses": {"200": {"description": "Event stream", "content": {
+                "text/event-stream": {"schema": {"type": "string"}}}}, "503": ERR}}},
+        "/p2p/pieces/{sha}": {"get": {
+            "summary": "Between agents: the piece table of a blob held here (size, piece "
+                       "size, each piece's sha256; 'have' while still receiving it)",
+            "parameters": [_SHA_PARAM,
+                           {"name": "table", "in": "query", "required": False,
+                            "description": "0 leaves the piece hashes out",
+                            "schema": {"type": "string", "enum": ["0", "1"]}}],
+            "responses": {"200": _json({"type": "object", "properties": {
+                "v": {"type": "integer"}, "size": {"type": "integer"},
+                "piece_size": {"type": "integer"},
+                "hashes": {"type": "array", "items": {"type": "string"}},
+                "have": {"type": "string"}}}, "Piece table"),
+                "400": ERR, "401": ERR, "404": ERR}}},
+        "/p2p/pieces/{sha}/{i}": {"get": {
+            "summary": "Between agents: piece i of a blob, asked for with Range: bytes= its "
+                       "span (206); 503 while this agent sends its most pieces at once",
+            "parameters": [_SHA_PARAM,
+                           {"name": "i", "in": "path", "required": True,
+                            "schema": {"type": "integer", "minimum": 0}}],
+            "responses": {"206": {"description": "The piece's bytes", "content": {
+                "application/octet-stream": {"schema": {"type": "string",
+                                                        "format": "binary"}}}},
+                "400": ERR, "401": ERR, "404": ERR, "416": ERR, "503": ERR}}},
         "/peers": {"get": {"summary": "Live members of the mesh (connected: a direct connection)",
                            "responses": {"200": _json({"type": "object"}, "Peers")}}},
         "/healthz": {"get": {"summary": "Liveness and a summary",
@@ -125,6 +201,8 @@ OPENAPI: dict[str, Any] = {
             "abi": {"type": "string"}, "export": {"type": "string", "nullable": True},
             "limits": _ref("Limits"), "deployed_at": {"type": "number"},
             "publisher": {"type": "string"}, "peers": {"type": "integer"},
+            "holders": {"type": "array", "items": {"type": "string"},
+                        "description": "agents known to hold this version (mesh on)"},
             "rollback_of": {"type": "integer", "nullable": True},
             "id": {"type": "string", "description": "manifest id: names this version "
                    "unambiguously across agents (version numbers are per-agent labels)"},
@@ -133,5 +211,24 @@ OPENAPI: dict[str, Any] = {
             "signature": {"type": "string", "nullable": True},
             "order": {"type": "object", "nullable": True}}},
         "ModuleResponse": {"type": "object", "properties": {"module": _ref("Module")}},
+        "LogEntry": {"type": "object", "required": ["seq", "at", "agent", "module", "kind"],
+                     "properties": {
+            "seq": {"type": "integer"}, "at": {"type": "number"},
+            "agent": {"type": "string"}, "module": {"type": "string"},
+            "kind": {"type": "string", "enum": ["call", "stderr"]},
+            "version": {"type": "integer"}, "duration_ms": {"type": "number"},
+            "outcome": {"type": "string", "enum": ["ok", "error"]},
+            "error": {"type": "string", "nullable": True},
+            "stderr_lines": {"type": "integer"}, "call": {"type": "integer"},
+            "line": {"type": "string"}}},
+        "Logs": {"type": "object", "properties": {
+            "name": {"type": "string"}, "agent": {"type": "string"},
+            "entries": {"type": "array", "items": _ref("LogEntry")}}},
+        "UiState": {"type": "object", "properties": {
+            "agent": {"type": "object"}, "generated_at": {"type": "number"},
+            "rate_window_s": {"type": "number"},
+            "agents": {"type": "array", "items": {"type": "object"}},
+            "modules": {"type": "array", "items": {"type": "object"}},
+            "events": {"type": "array", "items": {"type": "object"}}}},
     }},
 }

@@ -162,10 +162,16 @@ def _bar(total: float, desc: str, unit: str) -> Any:
     """A tqdm bar on stderr, or None when stderr is not a terminal (scripts, tests)."""
     if not sys.stderr.isatty():
         return None
+    import shutil
+
     from tqdm import tqdm
 
+    # A terminal that reports no size (0x0, e.g. a bare pty) makes tqdm draw nothing;
+    # shutil falls back to 80x24 there.
+    size = shutil.get_terminal_size()
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=True,
-                unit_scale=unit == "B", unit_divisor=1024, dynamic_ncols=True)
+                unit_scale=unit == "B", unit_divisor=1024, ncols=min(size.columns, 100),
+                nrows=size.lines)
 
 
 def _with_bar(body: bytes, desc: str) -> Iterator[bytes] | bytes:
@@ -354,18 +360,19 @@ def run(argv: list[str] | None = None) -> int:
     elif a.rollback:
         quoted = urllib.parse.quote(a.rollback, safe="")
         signer = Signer(a.key, a.unsigned)
-        sign_headers: dict[str, str] = {}
-        if signer.priv is not None:
-            info, _ = c.call("GET", f"/modules/{quoted}")
-            if len(info["versions"]) < 2:
-                raise CliError(f"{a.rollback} has no previous version to roll back to")
-            prev = info["versions"][1]
-            sign_headers = signer.headers({"op": "rollback", "name": a.rollback,
-                                           "restores": prev["id"],
-                                           "sha256": prev["sha256"], "abi": prev["abi"],
-                                           "export": prev["export"], "limits": prev["limits"]},
-                                          info["current"]["deployed_at"])
-        out, _ = c.call("POST", f"/modules/{quoted}/rollback", headers=sign_headers)
+        # The version below the current one, named by id (numbers may differ per agent).
+        info, _ = c.call("GET", f"/modules/{quoted}")
+        if len(info["versions"]) < 2:
+            raise CliError(f"{a.rollback} has no previous version to roll back to")
+        prev = info["versions"][1]
+        sign_headers = signer.headers({"op": "rollback", "name": a.rollback,
+                                       "restores": prev["id"],
+                                       "sha256": prev["sha256"], "abi": prev["abi"],
+                                       "export": prev["export"], "limits": prev["limits"]},
+                                      info["current"]["deployed_at"])
+        out, _ = c.call("POST", f"/modules/{quoted}/rollback",
+                        None if sign_headers else json.dumps({"restores": prev["id"]}).encode(),
+                        headers=sign_headers)
         m = out["module"]
         text = f"rolled {m['name']} back: v{m['version']} now runs the bytes of v{m['rollback_of']}"
     elif a.health:

@@ -53,9 +53,10 @@ MAX_BOOK_NAMES = 2000
 an agent keeps (``max_modules``), so every name this agent holds fits with room for
 names in flight. About 1 KiB a name, so at most ~2 MiB."""
 
-MAX_HELD_IDS = 1024
-"""Ids of held-back records remembered to count and log each once. Forgetting one only
-means counting it again; 1024 x 16 hex characters is ~100 KiB at most."""
+MAX_ONCE_IDS = 1024
+"""Record ids remembered per ``Once`` set (held-back records; versions refused), to count
+and log each once however often sync offers it. Forgetting one only means counting it
+again; 1024 x 16 hex characters is ~100 KiB at most."""
 
 
 def next_time(now: float, floor: float | None) -> float:
@@ -95,11 +96,12 @@ def unavailable(want: Manifest, why: str | None) -> VersionUnavailable:
         "version)", module=want.name, version=want.version, id=want.id)
 
 
-class HeldBack:
-    """Ids of records held back for being dated in the future, to count and log each once
-    however often sync offers it again. Bounded by ``MAX_HELD_IDS`` (oldest out)."""
+class Once:
+    """Ids of records already counted and logged (held back for being dated in the future,
+    or refused), so that each is counted once however often sync offers it again.
+    Bounded by ``MAX_ONCE_IDS`` (least recently seen out)."""
 
-    def __init__(self, cap: int = MAX_HELD_IDS) -> None:
+    def __init__(self, cap: int = MAX_ONCE_IDS) -> None:
         self.cap = cap
         self._ids: OrderedDict[str, None] = OrderedDict()
 

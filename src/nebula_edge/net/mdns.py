@@ -78,6 +78,12 @@ MAX_LOOKUPS = 16
 """Service lookups running at once. Each is a task asking for records for up to 3 s; a
 LAN of tens of agents starting together needs a few. Anyone can announce any number of
 service names, so more wait in a queue of :data:`MAX_PENDING_LOOKUPS`."""
+MAX_KNOWN_SERVICES = 512
+"""Other agents' service names whose records we keep in zeroconf's cache. zeroconf keeps
+every answer it hears until its TTL (the sender chooses it: 75 min for a PTR) and a flood
+of forged answers cost ~2.7 KiB each; past 512 names, the one heard of least recently
+has its records removed (counted). A real agent evicted so is found again at its next
+re-announce (15 s), which also refreshes its dial candidate."""
 MAX_PENDING_LOOKUPS = 256
 """Service names waiting for a lookup; past it the name heard of least recently is dropped
 (counted). A dropped real agent is looked up again at its next re-announce (15 s)."""
@@ -243,6 +249,9 @@ class MdnsService:
         self._lookups: dict[str, asyncio.Task[None]] = {}
         self._lookup_again: set[str] = set()
         self._pending: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._known: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.services_evicted = 0
+        """Service names whose records were removed (:data:`MAX_KNOWN_SERVICES`)."""
         self.lookups_dropped = 0
         """Names dropped from the pending queue (:data:`MAX_PENDING_LOOKUPS`)."""
         self._started = False
@@ -369,6 +378,10 @@ class MdnsService:
             return  # removal arrives after >= 1125 s: useless for liveness (module docstring)
         if self._info is not None and name == self._info.name:
             return
+        self._known[name] = None
+        self._known.move_to_end(name)
+        while len(self._known) > MAX_KNOWN_SERVICES:
+            self._forget(zeroconf, self._known.popitem(last=False)[0])
         task = self._lookups.get(name)
         if task is not None:
             self._lookup_again.add(name)  # the running lookup may have read older records
@@ -382,9 +395,26 @@ class MdnsService:
             self._pending.popitem(last=False)
             self.lookups_dropped += 1
 
+    def _forget(self, zc: Zeroconf, name: str) -> None:
+        """Remove a service's records (PTR, SRV, TXT, its host's addresses) from
+        zeroconf's cache and its PTR from the browser's refresh schedule."""
+        cache = zc.cache
+        own = cache.async_entries_with_name(name)
+        hosts = {str(h) for r in own if (h := getattr(r, "server", None))}  # SRV targets
+        ptrs = [r for r in cache.async_entries_with_name(self.SERVICE_TYPE)
+                if getattr(r, "alias", None) == name]
+        if self._browser is not None:
+            for ptr in ptrs:
+                self._browser.query_scheduler.cancel_ptr_refresh(ptr)  # type: ignore[arg-type]
+        cache.async_remove_records([*ptrs, *own, *(r for h in hosts
+                                                   for r in cache.async_entries_with_name(h))])
+        self._pending.pop(name, None)
+        self.services_evicted += 1
+
     def bounds(self) -> list[tuple[str, int, int, int]]:
         """(name, size, limit, dropped) of the lookup bounds, for ``/metrics``."""
-        return [("mdns_lookups", len(self._lookups), MAX_LOOKUPS, 0),
+        return [("mdns_services", len(self._known), MAX_KNOWN_SERVICES, self.services_evicted),
+                ("mdns_lookups", len(self._lookups), MAX_LOOKUPS, 0),
                 ("mdns_pending_lookups", len(self._pending), MAX_PENDING_LOOKUPS,
                  self.lookups_dropped)]
 

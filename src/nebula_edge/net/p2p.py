@@ -13,6 +13,20 @@ by itself) the thread logs it and starts a new incarnation, same key and port, a
 and requests survive; calls in flight fail with ``PeerUnavailable``; every connected
 peer is reported lost and remembered peers are redialled.
 
+**Health.** :meth:`P2PHost.health` says whether an incarnation runs, how often and when
+it was restarted, how late the trio loop is (a task ticks every 0.25 s; 5 s late is
+"blocked"), what was dropped; :attr:`P2PHealth.problems` is what makes ``/healthz``
+say "degraded". Before the first start, every py-libp2p patch is checked to have taken
+effect (``p2p_hardening.check_patches``); if one did not, ``start`` raises
+:class:`PatchCheckFailed` and the mesh does not start. ``TEST_HOOKS_ENV`` adds signal
+hooks that crash or block the trio side (tests only).
+
+**Remote input is bounded** (each limit documented where it is defined; all shown by
+:meth:`P2PHost.bounds`): mDNS sightings are candidates in a bounded, expiring table
+dialled with backoff, a few at a time (``candidates.py``); request streams per peer and
+in all, each within a deadline; gossip handed to asyncio (:class:`EventQueue`); gossipsub's
+per-origin penalties.
+
 **Transport.** TCP + Noise + yamux, ed25519 identity kept at ``key_path``; gossipsub
 ``/meshsub/1.2.0`` (1.1.0 accepted), strict signing, heartbeat ``heartbeat_s``. A host
 receives its own publishes: they are not delivered. Gossip payloads are capped at
@@ -29,8 +43,10 @@ over request streams: raw streams carried 10 MiB in ~120 ms, while libp2p's
               status 1: error, body = utf-8 "ExceptionType: message" (<= 4 KiB)
 
 The server reads at most ``max_request_size`` bytes within 30 s, runs the handler in a
-worker thread (8 at once), answers and closes. The client resets the stream and fails
-with ``PayloadTooLarge`` on N - 1 > ``max_response``, ``PeerUnavailable`` otherwise.
+worker thread (8 at once), answers and closes, all within 120 s; a peer with 8 streams
+in service, or 64 in service in all, gets status 1 ("Overloaded: ...") at once. The
+client resets the stream and fails with ``PayloadTooLarge`` on N - 1 > ``max_response``,
+``PeerUnavailable`` otherwise.
 
 **Liveness.** ``/nebula-edge/ping/1.0.0``: each side probes at most
 ``PROBES_PER_HEARTBEAT`` (2) peers per ``heartbeat_s``, each peer by writing 8 random
@@ -38,9 +54,10 @@ bytes on one long-lived stream and expecting them back within ``heartbeat_s``; 3
 in a row close the peer's connections. So a peer is probed every heartbeat while an
 agent holds 2 peers, every 10 heartbeats with 20: the cost does not grow with peers. A
 closed connection is lost at once; a frozen peer (no FIN) within ~4 probe periods
-(measured 1.95 s at 0.5 s with one peer). Addresses given to
-``connect`` are remembered and redialled while the host runs: 0.5 s doubling to 10 s,
-jittered, forever.
+(measured 1.95 s at 0.5 s with one peer). Addresses given to ``connect``
+(operator-given peers) are remembered and redialled while the host runs: 0.5 s doubling
+to 10 s, jittered, forever; addresses from :meth:`P2PHost.candidate` (mDNS,
+unauthenticated) are not.
 
 **py-libp2p 0.8.1 workarounds** (why and numbers: ``p2p_hardening``): class-level wraps
 of ``Pubsub.stream_handler`` and ``Pubsub.push_msg`` (a garbage frame or key killed the
@@ -173,6 +190,8 @@ class P2PHealth:
     candidate_dials: int
     candidate_dial_failures: int
     requests_refused: dict[str, int]
+    gossip_received: int
+    """Gossip messages delivered (passed the topic validator, not our own)."""
 
     @property
     def problems(self) -> list[str]:
@@ -311,6 +330,8 @@ class P2PHost:
         self._last_restart: tuple[float, float] | None = None  # (time.time(), monotonic)
         self._last_tick: float | None = None
         self._loop_stalls = 0
+        self._gossip_received = 0
+        self._penalties = hardened.CappedPenalties()  # used on the trio thread only
         self._candidates = CandidateTable(jitter=hardened.jitter)
         self._refused: dict[str, int] = {}
         if os.environ.get(TEST_HOOKS_ENV) == "1":
@@ -434,6 +455,7 @@ class P2PHost:
                 candidate_dials=self._candidates.dials,
                 candidate_dial_failures=self._candidates.dial_failures,
                 requests_refused=dict(self._refused),
+                gossip_received=self._gossip_received,
             )
 
     def bounds(self) -> list[Bound]:
@@ -441,6 +463,7 @@ class P2PHost:
         with self._lock:
             cands = self._candidates
             refused = self._refused
+            penalties = self._penalties
             return [
                 Bound("p2p_publish_queue", len(self._publishes), _MAX_QUEUED_PUBLISHES,
                       self._dropped_publishes),
@@ -451,6 +474,8 @@ class P2PHost:
                       refused.get("all_peers_limit", 0) + refused.get("deadline", 0)),
                 Bound("p2p_request_streams_per_peer", 0, hardened.MAX_REQUESTS_PER_PEER,
                       refused.get("peer_limit", 0)),
+                Bound("gossip_origin_penalties", len(penalties),
+                      hardened.MAX_ORIGIN_PENALTIES, penalties.evicted),
             ]
 
     def connected_peers(self) -> dict[str, list[str]]:
@@ -686,6 +711,8 @@ class P2PHost:
                 self._connected[peer] = addrs
 
     def _gossip(self, topic: str, publisher: str, data: bytes) -> None:
+        with self._lock:
+            self._gossip_received += 1
         self._emit(GossipMessage(topic, publisher, data))
 
     def _tick(self, now: float, lag: float) -> None:
@@ -733,7 +760,9 @@ class P2PHost:
             hardened.fail(cmd.future, PeerUnavailable("request timed out: p2p host restarting"))
 
     async def _incarnation(self, key_pair: Any, port: int) -> None:
-        await Incarnation(self, self._config, key_pair, self.peer_id, port).run()
+        inc = Incarnation(self, self._config, key_pair, self.peer_id, port)
+        inc.penalties = self._penalties  # survives restarts: its evictions are a counter
+        await inc.run()
 
     def _supervise(self, key_pair: Any) -> None:
         """The host thread: run incarnations until stopped, with backoff between them."""

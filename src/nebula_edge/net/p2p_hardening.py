@@ -38,6 +38,7 @@ trio thread. Workarounds, each measured (``/work/shared/notes/dependencies.md``)
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import contextvars
@@ -118,6 +119,11 @@ MAX_REQUESTS_IN_FLIGHT = 64
 waits for one of ``HANDLER_THREADS``; past 64 the stream gets an error answer (counted)."""
 CANDIDATE_IDLE_WAIT_S = 1.0
 """Least wait of the candidate dialler when nothing was due to dial (the table's own cap)."""
+MAX_ORIGIN_PENALTIES = 1024
+"""Origins with an equivocation penalty in gossipsub's scorer (a ``defaultdict`` keyed by
+the message's origin id, which a sender mints at will: one entry per equivocating
+origin, never removed). Past 1024 the least recently penalised is forgotten (counted):
+an honest mesh has no equivocating origin at all."""
 LOOP_TICK_S = 0.25
 """How often the trio loop proves it is alive (:attr:`Incarnation.last_tick`)."""
 LOOP_BLOCKED_S = 5.0
@@ -328,6 +334,26 @@ async def _no_auto_connect() -> None:
     return None
 
 
+class CappedPenalties(collections.OrderedDict[Any, float]):
+    """A ``defaultdict(float)`` of penalties by origin, least recently set evicted past
+    ``limit``; reading a missing origin gives 0.0 without storing it."""
+
+    def __init__(self, limit: int = MAX_ORIGIN_PENALTIES) -> None:
+        super().__init__()
+        self.limit = limit
+        self.evicted = 0
+
+    def __missing__(self, key: Any) -> float:
+        return 0.0
+
+    def __setitem__(self, key: Any, value: float) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+            self.evicted += 1
+
+
 # --- self-check: did every patch take effect? ----------------------------------------------
 
 
@@ -414,6 +440,9 @@ def check_instance(pubsub: Any, router: Any, network: Any) -> list[str]:
             problems.append(f"{type(obj).__name__} no longer reads {attr}")
     if getattr(pubsub, "counter", 0) < 10**18:  # time.time_ns(), not int(time.time())
         problems.append("Pubsub.counter was not set from time.time_ns()")
+    scorer = getattr(router, "scorer", None)
+    if not isinstance(getattr(scorer, "equivocation_penalties", None), CappedPenalties):
+        problems.append("gossipsub's per-origin equivocation penalties are not capped")
     connector = getattr(network, "auto_connector", None)
     if getattr(connector, "maybe_connect", None) is not _no_auto_connect:
         problems.append("the swarm's AutoConnector is still on")
@@ -513,6 +542,7 @@ class Incarnation:
         self.pinged: set[str] = set()
         self.limiter = trio.CapacityLimiter(HANDLER_THREADS)
         self.serving: dict[str, int] = {}  # peer -> its request streams in service
+        self.penalties = CappedPenalties()
         self.candidate_wakeup = trio.Event()
         self.nursery: trio.Nursery | None = None
         self.host: Any = None
@@ -577,6 +607,9 @@ class Incarnation:
             self.host, self.pubsub = host, pubsub
             network = host.get_network()
             network.auto_connector.maybe_connect = _no_auto_connect
+            scorer = getattr(router, "scorer", None)
+            if scorer is not None:  # keyed by origin ids, which senders mint
+                scorer.equivocation_penalties = self.penalties
             problems = check_instance(pubsub, router, network)
             if problems:
                 raise PatchCheckFailed("py-libp2p workarounds did not take effect: "

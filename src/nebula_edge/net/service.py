@@ -7,9 +7,9 @@ discoveries into store changes, and local changes into gossip.
 * **Announce**: a deploy, rollback or delete is published on ``TOPIC`` (small modules
   inline). A receiver verifies the message, then the bytes (sha256, size, compiles with
   the manifest's ABI and export) before storing anything.
-* **Fetch** (``net/fetch.py``): bytes not inline are pulled over ``BLOB_PROTOCOL`` from
-  the announcer, else any peer known to hold them, verified and compiled before they are
-  stored.
+* **Fetch** (``net/fetch.py``): bytes not inline are pulled in pieces over HTTP from
+  every peer that holds them (``api/pieces.py``), verified and compiled before they are
+  stored. ``BLOB_PROTOCOL`` serves blobs up to 1 MiB (``fetch.STREAM_MAX``).
 * **Sync** (``mesh/sync.py``, ``mesh/rounds.py``): on every new connection, and every
   interval (``sync_interval_s``, stretched past 32 members) with one random connected
   peer, roots of the digest index (``mesh/index.py``, kept up to date on each store
@@ -60,7 +60,7 @@ from nebula_edge.mesh.rounds import CALL_ROUND_GAP_S, Rounds
 from nebula_edge.mesh.state import PeerTable, newest_first
 from nebula_edge.mesh.sync import PullSession, answer_pull, answer_sync, peer_holdings
 from nebula_edge.metrics import Metrics
-from nebula_edge.net.fetch import Fetcher
+from nebula_edge.net.fetch import STREAM_MAX, Fetcher
 from nebula_edge.net.mdns import DiscoveredPeer, MdnsService, interface_ips
 from nebula_edge.net.p2p import GossipMessage, P2PEvent, P2PHost, PeerConnected, PeerLost
 from nebula_edge.sandbox import Sandbox
@@ -118,7 +118,7 @@ class MeshService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._rng = random.Random()
         self.fetcher = Fetcher(store, sandbox, metrics, self.table, self._request,
-                               self._reject, self._stored_from)
+                               self._reject, self._stored_from, token=config.token)
         self._joined = asyncio.Event()
         """Set once the first peer has connected (obtain() waits for it on a new agent)."""
         self._started = time.monotonic()
@@ -126,8 +126,8 @@ class MeshService:
         self._verified: OrderedDict[str, bool] = OrderedDict()
         """record id -> whether its signature checked out (bounded: MAX_VERIFIED)."""
         self._verified_lock = threading.Lock()
-        self._too_big: set[str] = set()
-        """Ids of versions refused here, counted once in ``peer_refused_total``."""
+        self._too_big = versions.Once()
+        """Ids of versions this agent refused to hold (counted and logged once each)."""
         self._dropped = {"trimmed": 0, "declined": 0, "verified": 0}
         """Entries evicted at each bound (``bounds()``)."""
         self._declined: OrderedDict[str, Manifest] = OrderedDict()
@@ -139,7 +139,7 @@ class MeshService:
         self.rounds = Rounds(config.sync_interval_s)
         self.versions = versions.VersionBook()
         """The mesh's best version per name, refused ones included (the exec decision)."""
-        self._held = versions.HeldBack()
+        self._held = versions.Once()
         metrics.version_book_names.set_function(lambda: len(self.versions))
         self._syncing: dict[str, asyncio.Task[None]] = {}
         self._round_now: dict[str, asyncio.Future[None]] = {}
@@ -234,6 +234,7 @@ class MeshService:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._http is not None:
             await self._http.close()
+        await self.fetcher.close()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.p2p.stop)
 
@@ -388,14 +389,11 @@ class MeshService:
             return
         if self.table.is_connected(peer.peer_id):
             return  # what we know over the connection wins over an unauthenticated answer
-        self.table.discovered(peer.peer_id, peer.p2p_addrs, peer.http_url, peer.version)
-        if not peer.p2p_addrs or len(self.table.connected_peers()) >= CONN_LOW:
-            return  # enough direct connections: membership spreads by sync
-        now = time.monotonic()
-        if now - self._last_dial.get(peer.peer_id, -1e9) < 2.0:
-            return
-        self._last_dial[peer.peer_id] = now
-        self.p2p.candidate(peer.peer_id, peer.p2p_addrs)  # dialled with backoff, expires
+        if len(self.table.connected_peers()) >= CONN_LOW:
+            return  # enough direct connections: membership spreads by gossip and sync
+        # Unauthenticated: nothing is kept here per answer; the host's candidate table is
+        # bounded, expires entries and dials them with backoff (net/candidates.py).
+        self.p2p.candidate(peer.peer_id, peer.p2p_addrs)
 
     def _dial(self, addr: str) -> None:
         fut = self.p2p.connect(addr)
@@ -525,8 +523,9 @@ class MeshService:
         m = msg.manifest
         if not self._trusted(m, peer) or self._held_back(m):
             return
-        self._names.setdefault(peer, set()).add(m.name)
-        self.table.add_holding(peer, m.sha256)
+        if self.table.is_connected(peer):  # origins are minted freely: no state for them
+            self._names.setdefault(peer, set()).add(m.name)
+            self.table.add_holding(peer, m.sha256)
         if not self._wanted(m):
             return
         if msg.wasm is not None and sha256_hex(msg.wasm) != m.sha256:
@@ -565,11 +564,13 @@ class MeshService:
                         versions.record_time(rec) - time.time(), versions.MAX_FUTURE_S)
         return True
 
-    def _refused(self, m: Manifest, reason: str) -> None:
+    def _refused(self, m: Manifest, reason: str) -> bool:
+        """Note a version this agent will not hold; True the first time (to log it)."""
         self.versions.note(m, refused=reason)
-        if m.id not in self._too_big:
-            self._too_big.add(m.id)
-            self.metrics.peer_refused_total.labels(reason).inc()
+        if not self._too_big.first_time(m.id):
+            return False
+        self.metrics.peer_refused_total.labels(reason).inc()
+        return True
 
     def outdated(self, name: str, held: Manifest) -> Manifest | None:
         """The mesh's winning version of ``name`` if it is newer than ``held``."""
@@ -581,8 +582,11 @@ class MeshService:
         Every version a peer offers is noted in ``versions``, refused ones too."""
         if self._held_back(m):
             return False
-        if not self.store.has_room(m.name):
-            self._refused(m, "max_modules")  # not for good: room may come back
+        if not self.store.has_room(m.name):  # not noted: calls for it are forwarded anyway
+            if self._too_big.first_time(m.id):
+                self.metrics.peer_refused_total.labels("max_modules").inc()
+                log.info("not taking %s from a peer: this agent holds its maximum of %d "
+                         "modules; calls are forwarded", m.name, self.config.max_modules)
             return False
         self.versions.note(m)
         why = reason = None
@@ -595,12 +599,14 @@ class MeshService:
             except NebulaError:
                 why, reason = "its limits exceed this agent's maxima", "over_limits"
         if why is not None and reason is not None:
-            self._refused(m, reason)
-            self._decline(m, why)
+            if self._refused(m, reason):
+                log.info("not fetching %s v%d: %s; calls are forwarded", m.name, m.version,
+                         why)
+            self._decline(m)
             return False
         return self.store.wants(m)
 
-    def _decline(self, m: Manifest, why: str) -> None:
+    def _decline(self, m: Manifest) -> None:
         """Count ``m`` as held in the digest, for good: this agent will never take it, and
         its peers need not offer it again every round."""
         with self._index_lock:
@@ -610,7 +616,6 @@ class MeshService:
             while len(self._declined) > MAX_REFUSED:
                 self._declined.popitem(last=False)
                 self._dropped["declined"] += 1
-        log.info("not fetching %s v%d: %s; calls are forwarded", m.name, m.version, why)
         self._store_changed(m.name)
 
     def _verify(self, rec: Manifest | Tombstone, peer: str) -> bool:
@@ -949,6 +954,8 @@ class MeshService:
         sha = request.decode("ascii", "replace").strip()
         if not self.store.has_blob(sha):
             raise ModuleNotFound(f"no blob {sha[:16]}")
+        if self.store.blob_path(sha).stat().st_size > STREAM_MAX:  # memory stays bounded
+            raise ModuleNotFound(f"blob {sha[:16]} is served in pieces (GET /p2p/pieces)")
         return self.store.read_blob(sha)
 
     def _serve_sync(self, peer: str, request: bytes) -> bytes:

@@ -27,6 +27,7 @@ from nebula_edge.manifest import Abi, Manifest
 from nebula_edge.sandbox.call import CallEnv, call_export, call_wasi, check_signature
 from nebula_edge.sandbox.engine import (
     FUEL,
+    MAX_TABLES,
     PLAIN,
     TABLE_ELEMENTS,
     WASMTIME_VERSION,
@@ -37,7 +38,7 @@ from nebula_edge.sandbox.engine import (
 )
 from nebula_edge.sandbox.selftest import self_test
 
-__all__ = ["TABLE_ELEMENTS", "WASMTIME_VERSION", "Sandbox"]
+__all__ = ["MAX_TABLES", "TABLE_ELEMENTS", "WASMTIME_VERSION", "Sandbox"]
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,11 @@ class Sandbox:
         self.max_limits = max_limits
         self.engines = Engines(cache_dir, on_cache)
         self.env = CallEnv(self.engines, table_elements, lend or nullcontext_lend)
-        self_test(self)
+        try:
+            self_test(self)
+        except BaseException:
+            self.engines.close()
+            raise
         self._lock = threading.Lock()
         self._loaded: dict[tuple[str, str], Compiled] = {}
         self._limits_cache: dict[Limits, Limits] = {}

@@ -60,6 +60,7 @@ REFUSED_FEATURES = {
     "exceptions proposal": "exception handling",
     "stack switching": "stack switching",
 }
+OFF_FEATURES = ("multi_memory", "threads", "memory64", "gc", "exceptions", "stack_switching")
 """Features turned off in the engines because what they allocate is not counted in a
 call's memory budget (a second memory, shared memories outliving the call, the GC heap,
 exception objects on it). No toolchain emits them by default: clang, Rust, Go, TinyGo
@@ -133,13 +134,8 @@ class Engines:
             cfg.epoch_interruption = True
             cfg.consume_fuel = flavor.fuel
             cfg.max_wasm_stack = MAX_WASM_STACK
-            # Uncounted allocations: see REFUSED_FEATURES.
-            cfg.wasm_multi_memory = False
-            cfg.wasm_threads = False
-            cfg.wasm_memory64 = False
-            cfg.wasm_gc = False
-            cfg.wasm_exceptions = False
-            cfg.wasm_stack_switching = False
+            for feature in OFF_FEATURES:  # uncounted allocations: see REFUSED_FEATURES
+                setattr(cfg, f"wasm_{feature}", False)
             engine = wasmtime.Engine(cfg)
             linker = wasmtime.Linker(engine)
             linker.define_wasi()
@@ -147,7 +143,8 @@ class Engines:
             self._engines[flavor] = engine
             self._linkers[flavor] = linker
         self._stop = False
-        self._cv = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
         self._active = 0
         self._entered = 0
         self._parked = False
@@ -155,17 +152,22 @@ class Engines:
         self._ticker.start()
 
     def enter(self) -> None:
-        """A call starts: the ticker must run (woken if parked). Cheap: one lock."""
-        with self._cv:
-            self._active += 1
-            self._entered += 1
-            if self._parked:
-                self._parked = False
-                self._cv.notify()
+        """A call starts: the ticker must run (woken if parked). One uncontended lock,
+        taken directly (``with`` on the Condition costs a Python frame per call)."""
+        lock = self._lock
+        lock.acquire()
+        self._active += 1
+        self._entered += 1
+        if self._parked:
+            self._parked = False
+            self._cv.notify()
+        lock.release()
 
     def leave(self) -> None:
-        with self._cv:
-            self._active -= 1
+        lock = self._lock
+        lock.acquire()
+        self._active -= 1
+        lock.release()
 
     @property
     def ticking(self) -> bool:

@@ -33,9 +33,12 @@ from wasmtime import _ffi as ffi
 WASI = b"wasi_snapshot_preview1"
 ESUCCESS, EBADF, EFAULT, EINVAL, ENOTSUP, ESPIPE = 0, 8, 21, 28, 58, 70
 SUB_SIZE, EVENT_SIZE = 48, 32
-MAX_SUBSCRIPTIONS = 4096
-"""More subscriptions in one poll_oneoff are EINVAL (real programs use a handful; this
-bounds the host's work per call)."""
+MAX_SUBSCRIPTIONS = 1024
+"""More subscriptions in one poll_oneoff are EINVAL (real programs use a handful): the
+host's work per host call, which holds the GIL, stays under ~1 ms."""
+IOV_MAX = 1024
+"""More iovecs in one fd_write are EINVAL (POSIX's IOV_MAX on Linux): without a bound a
+guest could make one write of millions of empty iovecs hold the GIL for seconds."""
 
 
 class CallState:
@@ -85,15 +88,14 @@ def _guest_memory(caller: Any) -> tuple[int, int] | None:
     item = ffi.wasmtime_extern_t()
     if not ffi.wasmtime_caller_export_get(caller, b"memory", 6, ctypes.byref(item)):
         return None
-    try:
-        if int(item.kind) != int(ffi.WASMTIME_EXTERN_MEMORY.value):
-            return None
-        ctx = ffi.wasmtime_caller_context(caller)
-        mem = ctypes.byref(item.of.memory)
-        addr = ctypes.cast(_memory_data(ctx, mem), ctypes.c_void_p).value or 0
-        return addr, int(_memory_size(ctx, mem))
-    finally:
-        ffi.wasmtime_extern_delete(ctypes.byref(item))
+    if int(item.kind) != int(ffi.WASMTIME_EXTERN_MEMORY.value):
+        ffi.wasmtime_extern_delete(ctypes.byref(item))  # e.g. a shared memory: owned
+        return None
+    # A memory extern owns nothing (its delete is a no-op): nothing to release.
+    ctx = ffi.wasmtime_caller_context(caller)
+    mem = ctypes.byref(item.of.memory)
+    addr = ctypes.cast(_memory_data(ctx, mem), ctypes.c_void_p).value or 0
+    return addr, int(_memory_size(ctx, mem))
 
 
 def _trap(message: str) -> int:
@@ -118,6 +120,8 @@ def _fd_write(env: Any, caller: Any, args: Any, nargs: int, results: Any, nres: 
         fd, iovs, n, nwritten_at = (_u32(args, i) for i in range(4))
         if fd not in (1, 2):
             return _ret(results, EBADF)
+        if n > IOV_MAX:
+            return _ret(results, EINVAL)
         mem = _guest_memory(caller)
         if mem is None or st is None:
             return _ret(results, EBADF)

@@ -164,6 +164,24 @@ class ModuleStore:
             self._corrupt.discard(sha)
         return sha
 
+    def put_blob_file(self, path: Path, sha: str) -> None:
+        """Store a file already verified to hash to ``sha`` by moving it into place
+        (same file system: ``root/partial``). Pinned until ``unpin``, as ``put_blob``."""
+        dest = self.blob_path(sha)
+        self.pin(sha)
+        try:
+            os.chmod(path, 0o444)
+            os.replace(path, dest)
+        except OSError as e:
+            self.unpin(sha)
+            raise StoreError(f"cannot store blob {sha}: {e}") from e
+        with self._lock:
+            self._corrupt.discard(sha)
+
+    def gc(self) -> None:
+        """Delete blobs and compiled code no manifest names and nothing pins."""
+        self._gc_blobs()
+
     def unpin(self, sha: str) -> None:
         with self._lock:
             n = self._pinned.get(sha, 0) - 1
