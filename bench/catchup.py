@@ -2,12 +2,13 @@
 
 Starts agent A (default timers, ``-mdns=false``, ``-bind 127.0.0.1``, a temp data dir),
 deploys ``--modules`` distinct small modules to it (double.wasm plus a custom section
-naming the module, ``PUT /modules/<name>``), then starts agent B with ``-peer`` A and
+naming the module, ``PUT /modules/<name>``), waits ``--settle`` s (10: A's paced
+announcements drain), then starts agent B with ``-peer`` A and
 measures the time from B's process start until B's ``GET /modules`` lists all of them,
 and how long B took to answer ``/healthz`` (the floor: a process start). Both agents are
 stopped by PID at the end, also on error or Ctrl-C.
 
-Usage: ``.venv/bin/python bench/catchup.py [--modules 500] [--json]``
+Usage: ``.venv/bin/python bench/catchup.py [--modules 500] [--settle 10] [--json]``
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ def count(port: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--modules", type=int, default=500)
+    p.add_argument("--settle", type=float, default=10.0,
+                   help="seconds between the last deploy and B's start")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     edge = find_tool("edge")
@@ -89,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
                 if status != 201:
                     raise SystemExit(f"bench: deploy {i} answered {status}")
             out["deploy_s"] = round(time.monotonic() - t0, 2)
+            # A paces its announcements (100/s after a burst of 50): let them drain, so
+            # that B catches up by sync as a late joiner does, not from A's live gossip.
+            time.sleep(args.settle)
             node = call("GET", f"http://{HOST}:{pa}/healthz")[1]["node_id"]
             peer = f"/ip4/{HOST}/tcp/{pa + 1000}/p2p/{node}"
             t0 = time.monotonic()
