@@ -27,7 +27,12 @@ dist: setup ## wheel and sdist in dist/
 demo: setup ## start agents, deploy sample/double with nebctl, invoke it, stop
 	$(PY) scripts/demo.py
 
-test: setup ## run the whole test suite
+PROMTOOL := build/tools/promtool
+
+$(PROMTOOL):
+	scripts/get-promtool.sh
+
+test: setup $(PROMTOOL) ## run the whole test suite
 	@$(PY) scripts/lab.py check-system
 	$(PY) -m pytest -q
 

@@ -426,3 +426,66 @@ def test_an_address_not_on_this_host_is_refused_before_zeroconf(
     )
     with pytest.raises(mdns.MdnsError, match=r"203\.0\.113\.254.*not an address of this host"):
         run(service.start)
+
+
+# --- bounds: a flood of forged answers (issue 11) ------------------------------------------
+
+
+def _forge(count: int) -> list[str]:
+    """Unsolicited answers for ``count`` services with fresh peer ids, sent by a zeroconf
+    of its own (call in a thread: it runs its own loop); their names."""
+    from zeroconf import DNSAddress, DNSOutgoing, DNSPointer, DNSService, DNSText, const
+
+    zc = Zeroconf(interfaces=LOOPBACK)
+    names = []
+    for _ in range(count):
+        peer = new_peer_id()
+        name = f"forged-{peer[-12:]}.{MdnsService.SERVICE_TYPE}"
+        host = f"forged-{peer[-12:]}.local."
+        txt = b"".join(bytes([len(e)]) + e for e in (
+            f"peer_id={peer}".encode(), b"version=9", b"http_port=80",
+            f"addrs=/ip4/127.0.0.1/tcp/9/p2p/{peer}".encode()))
+        out = DNSOutgoing(const._FLAGS_QR_RESPONSE | const._FLAGS_AA)
+        unique = const._CLASS_IN | const._CLASS_UNIQUE
+        out.add_answer_at_time(DNSPointer(MdnsService.SERVICE_TYPE, const._TYPE_PTR,
+                                          const._CLASS_IN, 4500, name), 0)
+        out.add_answer_at_time(DNSService(name, const._TYPE_SRV, unique, 120, 0, 0, 80, host), 0)
+        out.add_answer_at_time(DNSText(name, const._TYPE_TXT, unique, 4500, txt), 0)
+        out.add_answer_at_time(DNSAddress(host, const._TYPE_A, unique, 120,
+                                          bytes([127, 0, 0, 1])), 0)
+        zc.send(out)
+        names.append(name)
+    zc.close()
+    return names
+
+
+def test_forged_services_are_bounded_in_zeroconfs_cache_and_in_lookups(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mdns, "MAX_KNOWN_SERVICES", 8)
+    monkeypatch.setattr(mdns, "MAX_LOOKUPS", 2)
+    monkeypatch.setattr(mdns, "MAX_PENDING_LOOKUPS", 4)
+    found = Found()
+
+    async def main() -> None:
+        service = make_service(new_peer_id(), new_port(), found)
+        await service.start()
+        try:
+            names = await asyncio.to_thread(_forge, 40)
+            zc = service._azc.zeroconf if service._azc else None
+            assert zc is not None
+            await wait_for(lambda: service.services_evicted >= 32, 10, "32 services evicted")
+            await wait_for(lambda: not service._lookups and not service._pending, 15,
+                           "the lookups to end")
+            cached = [n for n in names if zc.cache.async_entries_with_name(n)]
+            assert len(cached) <= 8, cached
+            ptrs = [r for r in zc.cache.async_entries_with_name(MdnsService.SERVICE_TYPE)
+                    if getattr(r, "alias", "").startswith("forged-")]
+            assert len(ptrs) <= 8
+            bounds = {b[0]: b for b in service.bounds()}
+            assert bounds["mdns_services"][1:] == (len(service._known), 8,
+                                                   service.services_evicted)
+            assert found.peers  # looked up and reported (the answers carry every record)
+        finally:
+            await service.stop()
+
+    run(main)
