@@ -99,11 +99,19 @@ class EdgeConfig:
     advertise: tuple[str, ...] = ()
     """Addresses to advertise; empty means the concrete addresses of the mDNS interfaces."""
     heartbeat_s: float = 2.0
-    """How often peers ping each other; a peer missing 3 is considered lost."""
+    """Liveness: each heartbeat an agent probes at most 2 of its peers (each peer every
+    heartbeat x peers / 2); a peer missing 3 probes in a row is considered lost."""
     sync_interval_s: float = 10.0
-    """Anti-entropy: how often peers compare manifest digests."""
+    """Anti-entropy: one round with one random connected peer per interval (stretched past
+    32 members: x2 at 64, x6 at 1,000, as memberlist's push-pull)."""
     reannounce_s: float = 15.0
     """mDNS re-announce period (a peer cut off at start-up is found only after one)."""
+    tombstone_horizon_s: float = 7 * 24 * 3600.0
+    """Deletions are forgotten after this long, and an agent that
+    was away from the mesh longer than this resyncs from scratch (its old modules are set
+    aside in ``quarantine/``) rather than bringing deleted modules back: Cassandra's
+    gc_grace_seconds (10 days) and Serf's reap rule. 7 days: longer than a weekend or a
+    holiday outage, short enough that deletes do not pile up forever."""
     fetch_wait_s: float = 5.0
     """How long ``/exec`` of a module known but not yet fetched waits for it."""
 

@@ -453,6 +453,7 @@ class Node:
             bounds.append((b.name, b.size, b.limit, b.dropped))
         if self.mesh.mdns is not None:
             bounds += self.mesh.mdns.bounds()
+        bounds += self.mesh.bounds()
         return {
             "p2p_up": int(h.running), "p2p_restarts": h.restarts,
             "p2p_last_restart": h.last_restart_at or 0.0,

@@ -238,7 +238,9 @@ def test_peers_lists_id_dialable_addrs_http_url_and_since(pair: tuple[Agent, Age
         body = me.get("/peers")[1]
         assert [p["peer_id"] for p in body["peers"]] == [other_id]
         p = body["peers"][0]
-        assert set(p) >= {"peer_id", "addrs", "http_url", "connected_since", "modules"}
+        assert set(p) >= {"peer_id", "addrs", "http_url", "connected_since", "modules",
+                          "connected"}
+        assert p["connected"] is True
         assert p["http_url"] == other.url
         status, health, _ = http("GET", p["http_url"] + "/healthz")
         assert status == 200 and other_id.encode() in health
@@ -248,6 +250,25 @@ def test_peers_lists_id_dialable_addrs_http_url_and_since(pair: tuple[Agent, Age
         # An address one can dial: where the peer listens, not its connection's source port.
         wait_for(lambda me=me, other=other: p2p_addr(other) in me.get("/peers")[1]["peers"][0][
             "addrs"], 5, msg=f"{me} to list {other} at its listen address {p2p_addr(other)}")
+
+
+def test_members_spread_beyond_direct_peers(agent_factory: AgentPool) -> None:
+    """A chain A <- B <- C (each given only the one before it): A learns of C from the
+    member lists (gossip and sync rounds), lists it, and says whether it holds a direct
+    connection to it; C leaving is seen by A too."""
+    a = agent_factory(*FAST, mesh=True)
+    b = agent_factory(*FAST, "-peer", p2p_addr(a), mesh=True)
+    c = agent_factory(*FAST, "-peer", p2p_addr(b), mesh=True)
+    ids = {peer_id(x) for x in (a, b, c)}
+    for x in (a, b, c):
+        wait_for(lambda x=x: peer_ids(x) == ids - {peer_id(x)}, CONVERGE_S,
+                 msg=f"{x} to list the two others")
+    listed = {p["peer_id"]: p for p in a.get("/peers")[1]["peers"]}
+    assert all(isinstance(p["connected"], bool) for p in listed.values())
+    assert listed[peer_id(b)]["connected"] is True
+    c_id = peer_id(c)
+    c.kill()
+    wait_for(lambda: c_id not in peer_ids(a), 30, msg="A to drop the killed C")
 
 
 def test_peers_and_modules_count_what_peers_hold(pair: tuple[Agent, Agent]) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from nebula_edge.mesh.rounds import Rounds
 from nebula_edge.net.service import CALL_ROUND_GAP_S, MeshService
 
 PEERS = ("a", "b", "c")
@@ -34,9 +35,8 @@ def service(rng: random.Random, p_fail: float) -> tuple[MeshService, dict[str, l
     """A MeshService with only the sync state, its ``_sync_once`` a random-length sleep
     that fails with probability ``p_fail``."""
     svc = MeshService.__new__(MeshService)
-    svc._syncing, svc._sync_began, svc._synced_at = {}, {}, {}
+    svc._syncing, svc.rounds = {}, Rounds(5.0)
     svc._round_now, svc._round_next, svc._tasks = {}, {}, set()
-    svc.config = types.SimpleNamespace(sync_interval_s=5.0)  # type: ignore[assignment]
     rounds: dict[str, list[Round]] = {}
 
     async def sync_once(self: MeshService, peer: str) -> None:

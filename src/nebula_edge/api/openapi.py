@@ -160,7 +160,7 @@ OPENAPI: dict[str, Any] = {
                 "application/octet-stream": {"schema": {"type": "string",
                                                         "format": "binary"}}}},
                 "400": ERR, "401": ERR, "404": ERR, "416": ERR, "503": ERR}}},
-        "/peers": {"get": {"summary": "Connected peers",
+        "/peers": {"get": {"summary": "Live members of the mesh (connected: a direct connection)",
                            "responses": {"200": _json({"type": "object"}, "Peers")}}},
         "/healthz": {"get": {"summary": "Liveness and a summary",
                              "responses": {"200": _json({"type": "object"}, "Healthy")}}},

@@ -74,7 +74,8 @@ def build_parser() -> GoFlags:
     p.flag("fuel", type=int, help="deploy: per-call fuel (instruction budget)")
     p.flag("max-output", type=int, help="deploy: cap on a WASI call's output, bytes")
     p.add_argument("-list", "--list", action="store_true", help="list modules")
-    p.add_argument("-peers", "--peers", action="store_true", help="list connected peers")
+    p.add_argument("-peers", "--peers", action="store_true",
+                   help="list the mesh's live members (DIRECT: connected to this one)")
     p.add_argument("-health", "--health", action="store_true", help="show the agent's health")
     p.flag("exec", metavar="NAME", help="call a module")
     p.flag("arg", help="exec: the argument, as JSON (a bare word is taken as a string)")
@@ -333,9 +334,10 @@ def run(argv: list[str] | None = None) -> int:
         out, _ = c.call("GET", "/peers")
         rows = [[p["peer_id"], p.get("http_url") or "-", ",".join(p.get("addrs", [])[:1]) or "-",
                  ago(p["connected_since"]) if p.get("connected_since") else "-",
-                 str(p.get("modules", "-"))] for p in out["peers"]]
-        text = table(rows, ["PEER", "HTTP", "ADDRESS", "CONNECTED", "MODULES"]) if rows \
-            else "no peers"
+                 "-" if p.get("modules") is None else str(p["modules"]),
+                 "yes" if p.get("connected", True) else "no"] for p in out["peers"]]
+        text = table(rows, ["PEER", "HTTP", "ADDRESS", "CONNECTED", "MODULES", "DIRECT"]) \
+            if rows else "no peers"
     elif a.info:
         out, _ = c.call("GET", f"/modules/{urllib.parse.quote(a.info, safe='')}")
         rows = [[f"v{m['version']}", m["sha256"][:12], m.get("id", "-"), str(m["size"]),

@@ -1,32 +1,22 @@
-"""Sans-IO mesh logic: digests, what to fetch after a sync, and the table of peers.
+"""Sans-IO mesh logic: the fetch order and the table of connected peers.
 
 Nothing here does I/O or reads a clock: the time is passed in. ``net/service.py`` feeds
-events in and carries the decisions out.
+events in and carries the decisions out. The digest and the sync exchange are in
+``mesh/index.py`` and ``mesh/sync.py``, rounds in ``mesh/rounds.py``, membership in
+``mesh/members.py``.
 
-Convergence (anti-entropy, as in Serf's push/pull): every agent's state is a set of
-manifests plus tombstones. Two agents compare a digest of their sets; if it differs,
-each sends the other its whole set (a few hundred bytes a version) and each side takes
-what ``manifest.admits`` lets in. Because the version rule is a total order and the
-store keeps the same ``keep`` newest versions everywhere, the sets become equal, and so
-does every agent's current version of every name.
+Convergence: every agent's state is a set of manifests plus tombstones; each side takes
+what ``manifest.admits`` lets in. Because the version rule is a total order and every
+store keeps the same ``keep`` newest versions, the sets become equal, and so does every
+agent's current version of every name.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from nebula_edge.manifest import Manifest, Tombstone
-
-
-def digest(manifests: Iterable[Manifest], tombstones: Iterable[Tombstone]) -> str:
-    """Order-independent digest of a manifest set and its tombstones."""
-    items = sorted(
-        [f"m:{m.name}:{m.file_id}" for m in manifests]
-        + [f"t:{t.name}:{t.deleted_at!r}" for t in tombstones]
-    )
-    return hashlib.sha256("\n".join(items).encode()).hexdigest()
+from nebula_edge.manifest import Manifest
 
 
 def newest_first(manifests: Iterable[Manifest]) -> list[Manifest]:

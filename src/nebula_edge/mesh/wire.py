@@ -10,8 +10,13 @@ is checked before it is parsed.
 Stream protocols (request/response frames, see ``net/p2p.py``):
 
 * ``BLOB_PROTOCOL``: request = a sha256 in hex; response = the blob's bytes.
-* ``SYNC_PROTOCOL``: request = ``SyncRequest``; response = ``SyncResponse`` with the
-  peer's whole manifest set when the digests differ (anti-entropy).
+* ``SYNC_PROTOCOL``: difference-only anti-entropy (``mesh/sync.py``), two exchanges:
+  ``SyncRequest`` (root digest, member digest) -> ``SyncResponse`` (the peer's root; its
+  256 bucket hashes only when the roots differ; its member list only when the member
+  digests differ), then ``PullRequest`` (some differing buckets, the asker's name hashes
+  in them, a cursor) -> ``PullResponse`` (the records of the names whose hashes differ,
+  at most ``PIECE_RECORDS`` records a piece, and the cursor of the next piece).
+  Also on it: ``blobs`` (many small blobs in one request, for a catch-up) and ``BYE``.
 * ``INFO_PROTOCOL``: request = empty; response = ``PeerInfo`` (HTTP port, version).
 """
 
@@ -28,6 +33,10 @@ from nebula_edge.errors import BadRequest
 from nebula_edge.manifest import Manifest, Tombstone
 
 TOPIC = "nebula-edge/modules/1"
+MEMBERS_TOPIC = "nebula-edge/members/1"
+"""Membership news (Serf's gossip of member events): an agent's own record when it joins
+or refutes a report of its death, and the death reports it makes. Sync rounds carry the
+same lists as the backstop (``mesh/members.py``)."""
 BLOB_PROTOCOL = "/nebula-edge/blob/1.0.0"
 SYNC_PROTOCOL = "/nebula-edge/sync/1.0.0"
 INFO_PROTOCOL = "/nebula-edge/info/1.0.0"
@@ -38,9 +47,30 @@ WIRE_VERSION = 1
 MAX_GOSSIP = 60 * 1024
 """Below the ~64 KiB where py-libp2p 0.8.1 was seen to corrupt messages (0 in 3,500 at 60 KiB)."""
 INLINE_MAX = 32 * 1024
-MAX_SYNC_RESPONSE = 16 * 1024 * 1024
-"""1,000 modules x 5 versions x ~500 bytes is 2.5 MB; 16 MiB leaves room and bounds a liar."""
-MAX_SYNC_ENTRIES = 20_000
+MAX_SYNC_RESPONSE = 1024 * 1024
+"""A sync answer: 4 KiB of bucket hashes plus up to ``MAX_MEMBERS`` members (~150 bytes
+each, 300 KiB); 1 MiB bounds a liar."""
+MAX_PULL_RESPONSE = 4 * 1024 * 1024
+"""A piece of at most ``PIECE_RECORDS`` records of <= 8 KiB (``MAX_MANIFEST_BYTES``);
+typical records are ~500 bytes, so a typical piece is ~130 KiB."""
+PIECE_RECORDS = 256
+"""Records per pull answer. Large sets are reconciled in pieces of this size: no record
+cap stops a growing mesh from catching up (the old single answer was refused past
+20,000 records, forever)."""
+PIECE_NAMES = 2048
+"""Names one pull answer covers (most may have no records: names the answerer lacks)."""
+MAX_PULL_REQUEST = 512 * 1024
+"""A pull request names buckets and the asker's hashes in them (~40 bytes a name):
+8,000 names fit, under the host's 1 MiB request limit."""
+MAX_PULL_BUCKETS = 32
+"""Buckets asked for in one pull request: 32 of 256 is ~625 names of 5,000 (25 KiB)."""
+BLOBS_PER_REQUEST = 64
+"""Small blobs (<= ``INLINE_MAX``) asked for in one ``blobs`` request during a catch-up:
+one request stream instead of 64 (the server allows 8 streams per peer at once)."""
+MAX_BLOBS_RESPONSE = 4 * 1024 * 1024
+"""64 blobs of up to 32 KiB, base64: 2.7 MiB at most."""
+MAX_MEMBERS = 2048
+"""Members in one sync answer: twice the 1,000 agents the simulator is run with."""
 
 
 @dataclass(frozen=True)
@@ -57,17 +87,56 @@ class Delete:
 GossipMessage = Announce | Delete
 
 
+BYE = b'{"type":"bye","v":1}'
+"""Sent on ``SYNC_PROTOCOL`` before closing a connection on purpose (over ``CONN_HIGH``):
+the peer then does not take the close for a failure."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One agent of the mesh as another agent knows it (SWIM-style: the incarnation is
+    raised only by the agent itself, to refute a report that it is dead)."""
+
+    peer_id: str
+    incarnation: int
+    alive: bool
+    addrs: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class SyncRequest:
     digest: str
+    members: str = ""
+    """Digest of the asker's member list ("" = do not send members)."""
 
 
 @dataclass(frozen=True)
 class SyncResponse:
     digest: str
-    manifests: tuple[Manifest, ...] | None
-    """None when the digests matched (nothing to send)."""
-    tombstones: tuple[Tombstone, ...] = ()
+    buckets: tuple[str, ...] | None
+    """The answerer's bucket hashes; None when the roots matched (nothing to pull)."""
+    members: tuple[Member, ...] | None = None
+    """The answerer's member list; None when the member digests matched."""
+
+
+@dataclass(frozen=True)
+class PullRequest:
+    buckets: tuple[int, ...]
+    hashes: dict[str, str]
+    """The asker's name hashes in ``buckets`` (names it holds nothing of are absent)."""
+    after: str = ""
+    """Cursor: only names sorting after this one (the previous piece's ``next``)."""
+
+
+@dataclass(frozen=True)
+class PullResponse:
+    names: tuple[str, ...]
+    """Every name this piece covers: its hash differs from the asker's (the records below
+    are all the answerer holds of them; none if it holds nothing)."""
+    manifests: tuple[Manifest, ...]
+    tombstones: tuple[Tombstone, ...]
+    next: str | None
+    """Cursor for the next piece; None when the buckets asked for are done."""
 
 
 @dataclass(frozen=True)
@@ -143,39 +212,154 @@ def decode_gossip(data: bytes) -> GossipMessage:
     return Announce(m, wasm)
 
 
+def sync_kind(data: bytes) -> str:
+    """Which message on ``SYNC_PROTOCOL`` this is ("sync", "pull", "blobs", "bye"),
+    without parsing it: canonical JSON sorts keys, so every message ends with
+    ``"type":"<kind>","v":1}`` (a pull request's name hashes can make it 500 KiB: its type
+    is at the end, not the start). Anything else is taken for "sync" and its decoder
+    refuses it."""
+    for kind in ("pull", "blobs", "bye"):
+        if data.endswith(b'"type":"%s","v":%d}' % (kind.encode(), WIRE_VERSION)):
+            return kind
+    return "sync"
+
+
+def encode_member_news(m: Member) -> bytes:
+    return _dump({"type": "member", "member": _member_json(m)})
+
+
+def decode_member_news(data: bytes) -> Member:
+    d = _load(data, 4096)
+    if d.get("type") != "member":
+        raise BadRequest("not a member message")
+    return _member(d.get("member"))
+
+
+def encode_blobs_request(shas: list[str]) -> bytes:
+    return _dump({"type": "blobs", "shas": shas})
+
+
+def decode_blobs_request(data: bytes) -> list[str]:
+    d = _load(data, 64 * 1024)
+    shas = d.get("shas")
+    if d.get("type") != "blobs" or not isinstance(shas, list) or len(shas) > BLOBS_PER_REQUEST \
+            or not all(isinstance(x, str) and mf.SHA256_RE.fullmatch(x) for x in shas):
+        raise BadRequest("malformed blobs request")
+    return shas
+
+
+def encode_blobs_response(blobs: dict[str, bytes]) -> bytes:
+    return _dump({"type": "blobs-response",
+                  "blobs": {k: base64.b64encode(v).decode() for k, v in blobs.items()}})
+
+
+def decode_blobs_response(data: bytes) -> dict[str, bytes]:
+    """sha256 -> bytes, as the peer sent them (the caller checks every hash)."""
+    d = _load(data, MAX_BLOBS_RESPONSE)
+    blobs = d.get("blobs")
+    if d.get("type") != "blobs-response" or not isinstance(blobs, dict) \
+            or len(blobs) > BLOBS_PER_REQUEST:
+        raise BadRequest("malformed blobs response")
+    out = {}
+    for k, v in blobs.items():
+        if not isinstance(v, str):
+            raise BadRequest("malformed blobs response")
+        try:
+            out[k] = base64.b64decode(v, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest("blob is not valid base64") from None
+    return out
+
+
 def encode_sync_request(r: SyncRequest) -> bytes:
-    return _dump({"type": "sync", "digest": r.digest})
+    return _dump({"type": "sync", "digest": r.digest, "members": r.members})
 
 
 def decode_sync_request(data: bytes) -> SyncRequest:
     d = _load(data, 4096)
-    digest = d.get("digest")
-    if d.get("type") != "sync" or not isinstance(digest, str) or len(digest) > 128:
+    digest, members = d.get("digest"), d.get("members", "")
+    if d.get("type") != "sync" or not isinstance(digest, str) or len(digest) > 128 \
+            or not isinstance(members, str) or len(members) > 128:
         raise BadRequest("malformed sync request")
-    return SyncRequest(digest)
+    return SyncRequest(digest, members)
+
+
+def _member_json(m: Member) -> dict[str, Any]:
+    return {"id": m.peer_id, "inc": m.incarnation, "alive": m.alive, "addrs": list(m.addrs)}
+
+
+def _member(raw: object) -> Member:
+    if not isinstance(raw, dict):
+        raise BadRequest("malformed member")
+    pid, inc, alive, addrs = raw.get("id"), raw.get("inc"), raw.get("alive"), raw.get("addrs")
+    if not isinstance(pid, str) or not 0 < len(pid) <= 128 or not isinstance(inc, int) \
+            or isinstance(inc, bool) or not 0 <= inc < 2**63 or not isinstance(alive, bool) \
+            or not isinstance(addrs, list) or len(addrs) > 8 \
+            or not all(isinstance(a, str) and len(a) <= 256 for a in addrs):
+        raise BadRequest("malformed member")
+    return Member(pid, inc, alive, tuple(addrs))
 
 
 def encode_sync_response(r: SyncResponse) -> bytes:
     d: dict[str, Any] = {"type": "sync-response", "digest": r.digest}
-    if r.manifests is not None:
-        d["manifests"] = [m.to_json() for m in r.manifests]
-        d["tombstones"] = [t.to_json() for t in r.tombstones]
+    if r.buckets is not None:
+        d["buckets"] = list(r.buckets)
+    if r.members is not None:
+        d["members"] = [_member_json(m) for m in r.members]
     return _dump(d)
 
 
 def decode_sync_response(data: bytes) -> SyncResponse:
     d = _load(data, MAX_SYNC_RESPONSE)
-    digest = d.get("digest")
-    if d.get("type") != "sync-response" or not isinstance(digest, str):
+    digest, buckets, members = d.get("digest"), d.get("buckets"), d.get("members")
+    if d.get("type") != "sync-response" or not isinstance(digest, str) or len(digest) > 128:
         raise BadRequest("malformed sync response")
-    if "manifests" not in d:
-        return SyncResponse(digest, None)
-    ms, ts = d.get("manifests"), d.get("tombstones", [])
-    if not isinstance(ms, list) or not isinstance(ts, list) or \
-            len(ms) + len(ts) > MAX_SYNC_ENTRIES:
-        raise BadRequest("malformed sync response lists")
-    return SyncResponse(digest, tuple(_record(x, Manifest) for x in ms),
-                        tuple(_record(x, Tombstone) for x in ts))
+    if buckets is not None and (not isinstance(buckets, list) or len(buckets) > 4096 or not all(
+            isinstance(b, str) and len(b) <= 32 for b in buckets)):
+        raise BadRequest("malformed sync response buckets")
+    if members is not None and (not isinstance(members, list) or len(members) > MAX_MEMBERS):
+        raise BadRequest("malformed sync response members")
+    return SyncResponse(digest, tuple(buckets) if buckets is not None else None,
+                        tuple(_member(m) for m in members) if members is not None else None)
+
+
+def encode_pull_request(r: PullRequest) -> bytes:
+    return _dump({"type": "pull", "buckets": list(r.buckets), "hashes": r.hashes,
+                  "after": r.after})
+
+
+def decode_pull_request(data: bytes) -> PullRequest:
+    d = _load(data, MAX_PULL_REQUEST)
+    buckets, hashes, after = d.get("buckets"), d.get("hashes"), d.get("after", "")
+    if d.get("type") != "pull" or not isinstance(buckets, list) \
+            or len(buckets) > MAX_PULL_BUCKETS or not all(
+                isinstance(b, int) and not isinstance(b, bool) and 0 <= b < 65536
+                for b in buckets) \
+            or not isinstance(hashes, dict) or not all(
+                isinstance(k, str) and len(k) <= 128 and isinstance(v, str) and len(v) <= 32
+                for k, v in hashes.items()) \
+            or not isinstance(after, str) or len(after) > 128:
+        raise BadRequest("malformed pull request")
+    return PullRequest(tuple(buckets), dict(hashes), after)
+
+
+def encode_pull_response(r: PullResponse) -> bytes:
+    return _dump({"type": "pull-response", "names": list(r.names),
+                  "manifests": [m.to_json() for m in r.manifests],
+                  "tombstones": [t.to_json() for t in r.tombstones], "next": r.next})
+
+
+def decode_pull_response(data: bytes) -> PullResponse:
+    d = _load(data, MAX_PULL_RESPONSE)
+    names, ms, ts, nxt = d.get("names"), d.get("manifests"), d.get("tombstones"), d.get("next")
+    if d.get("type") != "pull-response" or not isinstance(names, list) \
+            or not all(isinstance(n, str) and len(n) <= 128 for n in names) \
+            or not isinstance(ms, list) or not isinstance(ts, list) \
+            or len(names) > PIECE_NAMES or len(ms) + len(ts) > 2 * PIECE_RECORDS \
+            or not (nxt is None or (isinstance(nxt, str) and len(nxt) <= 128)):
+        raise BadRequest("malformed pull response")
+    return PullResponse(tuple(names), tuple(_record(x, Manifest) for x in ms),
+                        tuple(_record(x, Tombstone) for x in ts), nxt)
 
 
 def encode_info(i: PeerInfo) -> bytes:

@@ -48,13 +48,16 @@ in service, or 64 in service in all, gets status 1 ("Overloaded: ...") at once. 
 client resets the stream and fails with ``PayloadTooLarge`` on N - 1 > ``max_response``,
 ``PeerUnavailable`` otherwise.
 
-**Liveness.** ``/nebula-edge/ping/1.0.0``: every ``heartbeat_s`` each side writes 8
-random bytes on one long-lived stream and expects them back within ``heartbeat_s``;
-3 misses in a row close the peer's connections. A closed connection is lost at once; a
-frozen peer (no FIN) within ~4 heartbeats (measured 1.95 s at 0.5 s). Addresses given to
-``connect`` (operator-given peers) are remembered and redialled while the host runs:
-0.5 s doubling to 10 s, jittered, forever; addresses from :meth:`P2PHost.candidate`
-(mDNS, unauthenticated) are not.
+**Liveness.** ``/nebula-edge/ping/1.0.0``: each side probes at most
+``PROBES_PER_HEARTBEAT`` (2) peers per ``heartbeat_s``, each peer by writing 8 random
+bytes on one long-lived stream and expecting them back within ``heartbeat_s``; 3 misses
+in a row close the peer's connections. So a peer is probed every heartbeat while an
+agent holds 2 peers, every 10 heartbeats with 20: the cost does not grow with peers. A
+closed connection is lost at once; a frozen peer (no FIN) within ~4 probe periods
+(measured 1.95 s at 0.5 s with one peer). Addresses given to ``connect``
+(operator-given peers) are remembered and redialled while the host runs: 0.5 s doubling
+to 10 s, jittered, forever; addresses from :meth:`P2PHost.candidate` (mDNS,
+unauthenticated) are not.
 
 **py-libp2p 0.8.1 workarounds** (why and numbers: ``p2p_hardening``): class-level wraps
 of ``Pubsub.stream_handler`` and ``Pubsub.push_msg`` (a garbage frame or key killed the
@@ -529,6 +532,20 @@ class P2PHost:
 
         self._submit(Command(fut, run))
         return fut
+
+    def forget(self, peer_id: str, *, close: bool = False) -> None:
+        """Stop remembering and redialling ``peer_id``; with ``close``, also close its
+        connections (reported as ``PeerLost``). Thread-safe, non-blocking. The mesh uses
+        it to keep its connections between watermarks however many peers mDNS shows."""
+        with self._lock:
+            self._remembered.pop(peer_id, None)
+        fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        async def run(inc: Incarnation) -> None:
+            await inc.forget(peer_id, close)
+            hardened.resolve(fut, None)
+
+        self._submit(Command(fut, run, time.monotonic() + 10.0))
 
     def candidate(self, peer_id: str, multiaddrs: Sequence[str]) -> None:
         """An unauthenticated sighting of ``peer_id`` (mDNS): dial it when due, with

@@ -38,7 +38,7 @@ from pathlib import Path
 from nebula_edge import manifest as mf
 from nebula_edge.errors import BadRequest, CorruptBlob, StoreError
 from nebula_edge.manifest import Manifest, Tombstone
-from nebula_edge.store.fsutil import atomic_write, remove_stale_temps
+from nebula_edge.store.fsutil import atomic_write, remove_stale_temps, sync_filesystem
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,22 @@ class ModuleStore:
         """Blobs stored for a deploy or fetch whose manifest is not written yet: GC skips them."""
         self._corrupt: set[str] = set()
         """Blobs quarantined since start: reads say ``CorruptBlob`` until good bytes arrive."""
+        self._watchers: list[Callable[[str], None]] = []
         self._load()
+
+    def watch(self, fn: Callable[[str], None]) -> None:
+        """Call ``fn(name)`` after every change to a name's versions or tombstone, on the
+        thread that made it, outside the store's lock (the mesh keeps its digest up to
+        date this way instead of recomputing it from the whole store)."""
+        self._watchers.append(fn)
+
+    def _changed(self, *names: str) -> None:
+        for fn in self._watchers:
+            for name in names:
+                try:
+                    fn(name)
+                except Exception:
+                    log.exception("store: watcher failed for %s", name)
 
     # ------------------------------------------------------------------ loading
     def _load(self) -> None:
@@ -244,7 +259,99 @@ class ModuleStore:
             dropped = self._prune(m.name)
         if dropped:
             self._gc_blobs()
+        self._changed(m.name)
         return True
+
+    def put_many(self, items: list[tuple[bytes, list[Manifest]]]) -> list[Manifest]:
+        """Store many verified modules at once (a late joiner catching up): each item is
+        a blob's bytes and the manifests naming it. Returns the manifests taken.
+
+        One ``syncfs`` for the whole batch instead of four fsyncs per module (blob, its
+        directory, manifest, its directory): 500 small modules took 16.8 s one by one.
+        Crash safety holds as for single writes: each file is still renamed into place
+        complete; a blob torn by a crash before the sync fails its sha256 on read and is
+        quarantined and fetched again, and a manifest whose blob is missing is dropped
+        at start."""
+        taken: list[Manifest] = []
+        pinned: list[str] = []
+        dropped = False
+        try:
+            for data, ms in items:
+                sha = sha256_hex(data)
+                if any(m.sha256 != sha for m in ms):
+                    raise BadRequest(f"bytes hash to {sha}, not to their manifests' sha256")
+                self.pin(sha)
+                pinned.append(sha)
+                path = self.blob_path(sha)
+                if not path.exists() or self.is_corrupt(sha):
+                    try:
+                        atomic_write(path, data, 0o444, durable=False)
+                    except OSError as e:
+                        raise StoreError(f"cannot write blob {sha}: {e}") from e
+                    with self._lock:
+                        self._corrupt.discard(sha)
+            with self._lock:
+                for _, ms in items:
+                    for m in ms:
+                        vs = self._versions.get(m.name, [])
+                        if not mf.admits(vs, self._tombs.get(m.name), m, self.keep):
+                            continue
+                        d = self.manifest_dir / m.name
+                        d.mkdir(exist_ok=True)
+                        atomic_write(d / f"{m.file_id}.json", m.encode(), durable=False)
+                        self._versions[m.name] = sorted([*vs, m], key=lambda v: v.key)
+                        dropped = bool(self._prune(m.name)) or dropped
+                        taken.append(m)
+            sync_filesystem(self.root)
+        finally:
+            for sha in pinned:
+                self.unpin(sha)
+        if dropped:
+            self._gc_blobs()
+        self._changed(*dict.fromkeys(m.name for m in taken))
+        return taken
+
+    def collect_tombstones(self, before: float) -> list[str]:
+        """Forget tombstones of deletions made before ``before`` (the mesh's horizon):
+        every agent has had the horizon to learn them. Returns their names."""
+        with self._lock:
+            old = [t for t in self._tombs.values() if t.deleted_at < before]
+            for t in old:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.tomb_dir / f"{t.name}.json").unlink()
+                del self._tombs[t.name]
+        self._changed(*(t.name for t in old))
+        return [t.name for t in old]
+
+    def set_aside_records(self, before: float) -> Path | None:
+        """Move the manifests deployed and tombstones made at or before ``before`` to
+        ``quarantine/stale-<time>/`` (blobs no manifest names are then collected): for an
+        agent that was away from the mesh longer than its tombstone horizon, which must
+        resync those from scratch instead of bringing back modules deleted meanwhile.
+        Returns where they went (None if there were none)."""
+        with self._lock:
+            ms = [m for vs in self._versions.values() for m in vs if m.deployed_at <= before]
+            ts = [t for t in self._tombs.values() if t.deleted_at <= before]
+            if not ms and not ts:
+                return None
+            dest = self.quarantine_dir / f"stale-{time.time():.0f}"
+            dest.mkdir(parents=True, exist_ok=True)
+            for m in ms:
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(self.manifest_dir / m.name / f"{m.file_id}.json",
+                               dest / f"{m.name}.{m.file_id}.json")
+                rest = [v for v in self._versions[m.name] if v.key != m.key]
+                if rest:
+                    self._versions[m.name] = rest
+                else:
+                    del self._versions[m.name]
+            for t in ts:
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(self.tomb_dir / f"{t.name}.json", dest / f"{t.name}.tomb.json")
+                del self._tombs[t.name]
+        self._gc_blobs()
+        self._changed(*sorted({*(m.name for m in ms), *(t.name for t in ts)}))
+        return dest
 
     def _prune(self, name: str) -> list[Manifest]:
         vs = self._versions.get(name, [])
@@ -275,6 +382,7 @@ class ModuleStore:
             else:
                 self._versions.pop(t.name, None)
         self._gc_blobs()
+        self._changed(t.name)
         return True
 
     def versions(self, name: str) -> list[Manifest]:
