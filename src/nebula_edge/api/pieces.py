@@ -21,6 +21,7 @@ import asyncio
 import time
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from nebula_edge.api.app import NODE, require_token
 from nebula_edge.errors import BadRequest, NotFound, Overloaded
@@ -35,6 +36,17 @@ the fleet gets its pieces from the agents that hold them already (no one agent c
 the fleet). Measured in bench/swarm.py."""
 UPLOADS = web.AppKey("piece_uploads", asyncio.Semaphore)
 SEEDING = web.AppKey("piece_seeding", SeedLimit)
+
+
+class _Piece(web.FileResponse):
+    """A file range sent inside the handler (so that the upload slot is held while it
+    is sent); aiohttp prepares the returned response again, which must do nothing
+    (``FileResponse.prepare`` would set the status a second time)."""
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:
+            return None
+        return await super().prepare(request)
 
 
 def _pieces(node: Node) -> PieceStore:
@@ -98,12 +110,17 @@ async def piece(request: web.Request) -> web.StreamResponse:
         metrics.pieces_total.labels("sent", "seeded").inc()
         raise Overloaded(f"piece {i} was sent twice a moment ago: ask its receivers",
                          retry_after=1)
+    resp = _Piece(path, chunk_size=256 * 1024)
     async with uploads:
         metrics.uploads_in_flight.inc()
         try:
-            resp = web.FileResponse(path, chunk_size=256 * 1024)
             await resp.prepare(request)
             await resp.write_eof()
+        except (ConnectionError, OSError):
+            # The receiver went away mid-piece (killed, cut off): its transfer asks
+            # another holder. The headers are out: nothing more can be answered.
+            metrics.pieces_total.labels("sent", "error").inc()
+            return resp
         finally:
             metrics.uploads_in_flight.dec()
     if resp.status == 206:

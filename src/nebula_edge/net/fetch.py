@@ -51,7 +51,13 @@ from nebula_edge.store.pieces import Partial, PieceStore
 log = logging.getLogger(__name__)
 
 FETCH_CONCURRENCY = 4
-"""Transfers at once (each asks for up to ``mesh.pieces.MAX_IN_FLIGHT`` pieces)."""
+"""Transfers at once (each asks for up to ``mesh.pieces.MAX_IN_FLIGHT`` pieces). A slot is
+taken once a peer has answered with the piece table: asking who holds the bytes (a few
+small requests) takes none, so announcements of bytes nobody has never queue a real
+module behind them (measured: 40 fake 48 MiB announcements held a 1 MiB deploy back for
+over 30 s when the slot was taken first)."""
+PER_PEER_FETCHES = 2
+"""Slots one peer holds at once for one-request fetches (``STREAM_MAX``)."""
 STREAM_MAX = 1024 * 1024
 """Bytes up to one piece are first asked for in one request over the libp2p connection
 (``BLOB_PROTOCOL``, from the announcer, then known holders): no HTTP address is needed,
@@ -101,6 +107,7 @@ class Fetcher:
         self._waiting: dict[str, list[Manifest]] = {}
         """sha256 -> the versions waiting for those bytes."""
         self._fetch_sem = asyncio.Semaphore(FETCH_CONCURRENCY)
+        self._peer_sems: dict[str, asyncio.Semaphore] = {}
         self._failed: OrderedDict[str, None] = OrderedDict()
         """Manifest ids that did not compile (or fit) here."""
         self._unavailable: OrderedDict[str, tuple[float, float]] = OrderedDict()
@@ -163,12 +170,13 @@ class Fetcher:
                 return await self._settle(sha, data, "gossip", prefer or "?")
             if m.size <= STREAM_MAX:
                 for peer in self._candidates(m.sha256, prefer):
-                    async with self._fetch_sem:
+                    # One peer holds at most PER_PEER_FETCHES of the slots: a peer that
+                    # announces bytes and trickles them cannot starve other fetches.
+                    async with self._peer_sem(peer), self._fetch_sem:
                         data = await self._fetch_from(peer, m)
                     if data is not None:
                         return await self._settle(sha, data, "fetch", peer)
-            async with self._fetch_sem:
-                got = await self._swarm(m, prefer)
+            got = await self._swarm(m, prefer)
             if got is None:
                 return False
             path, peer = got
@@ -230,6 +238,15 @@ class Fetcher:
             self._stored_from(peer)
         return bool(added)
 
+    def _peer_sem(self, peer: str) -> asyncio.Semaphore:
+        sem = self._peer_sems.get(peer)
+        if sem is None:
+            if len(self._peer_sems) > 4096:  # bounded: idle ones are dropped first
+                for p in [p for p, v in self._peer_sems.items() if not v.locked()]:
+                    del self._peer_sems[p]
+            sem = self._peer_sems[peer] = asyncio.Semaphore(PER_PEER_FETCHES)
+        return sem
+
     def _candidates(self, sha: str, prefer: str | None) -> list[str]:
         """Whom to ask for small bytes in one request: known holders (``prefer`` first),
         else ``prefer`` if connected."""
@@ -278,6 +295,7 @@ class Fetcher:
         resumed = len(xfer.have)
         running: set[asyncio.Task[None]] = set()
         served_by: dict[str, int] = {}
+        slot = False
         try:
             while not xfer.done:
                 now = loop.time()
@@ -289,6 +307,11 @@ class Fetcher:
                     running.add(asyncio.ensure_future(
                         self._poll(xfer, m, peer, urls[peer], state)))
                 p = state.get("partial")
+                if isinstance(p, Partial) and not slot:
+                    await self._fetch_sem.acquire()  # a holder answered: a real transfer
+                    slot = True
+                    now = loop.time()
+                    xfer.progress(now)  # the wait for a slot is not a stall
                 if isinstance(p, Partial):
                     for i, peer in xfer.requests(now):
                         running.add(asyncio.ensure_future(
@@ -326,6 +349,8 @@ class Fetcher:
             peer = max(served_by, key=lambda q: served_by[q]) if served_by else prefer or "?"
             return self.pieces.complete(sha), peer
         finally:
+            if slot:
+                self._fetch_sem.release()
             for t in running:
                 t.cancel()
             if running:
