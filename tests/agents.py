@@ -20,11 +20,13 @@ import base64
 import contextlib
 import json
 import os
+import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -466,3 +468,27 @@ def with_custom_section(wasm: bytes, name: str, payload: bytes) -> bytes:
     with the same code and other bytes (another sha256, any size)."""
     body = leb128(len(name.encode())) + name.encode() + payload
     return wasm + b"\x00" + leb128(len(body)) + body
+
+
+def deployed(agent: Agent, name: str, wasm: bytes | Path, **fields: Any) -> dict[str, Any]:
+    """Deploy through ``POST /deploy`` and insist on 201; returns the module's JSON."""
+    status, body, _ = agent.deploy(name, wasm, **fields)
+    assert status == 201, body
+    return dict(body["module"])
+
+
+class OutputLines:
+    """The lines a running process (``nebctl -logs -follow``, ``-watch``) prints, read on a
+    thread so a test can poll them with :func:`wait_for` while the process keeps going."""
+
+    def __init__(self, stream: Any) -> None:
+        self._q: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=lambda: [self._q.put(ln) for ln in stream or ()],
+                         daemon=True).start()
+
+    def shows(self, text: str) -> bool:
+        """Whether any line printed so far contains ``text``."""
+        while not self._q.empty():
+            self.seen.append(self._q.get().rstrip())
+        return any(text in ln for ln in self.seen)

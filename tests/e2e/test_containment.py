@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from agents import SAMPLES, Agent, AgentPool
+from agents import deployed as deploy
 
 MIS = SAMPLES / "misbehave"
 DOUBLE = SAMPLES / "double" / "double.wasm"
@@ -27,11 +28,6 @@ def agent(module_agent_factory: AgentPool) -> Agent:
     """Default flags (mesh on), with the worker count pinned to the 2-core default."""
     return module_agent_factory("-workers", "2")
 
-
-def deploy(agent: Agent, name: str, wasm: Path, **fields: Any) -> dict[str, Any]:
-    status, body, _ = agent.deploy(name, wasm, **fields)
-    assert status == 201, body
-    return dict(body["module"])
 
 
 def refused(agent: Agent, name: str, wasm: Path) -> str:

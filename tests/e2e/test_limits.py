@@ -9,12 +9,12 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agents import SAMPLES, Agent, AgentPool, wait_for
+from agents import deployed as deploy
 
 MIS = SAMPLES / "misbehave"
 DOUBLE = SAMPLES / "double" / "double.wasm"
@@ -26,11 +26,6 @@ def agent(module_agent_factory: AgentPool) -> Agent:
     """Four workers, so that concurrent calls really run side by side."""
     return module_agent_factory("-workers", "4")
 
-
-def deploy(agent: Agent, name: str, wasm: Path, **fields: Any) -> dict[str, Any]:
-    status, body, _ = agent.deploy(name, wasm, **fields)
-    assert status == 201, body
-    return dict(body["module"])
 
 
 def error_of(resp: tuple[int, Any, Any], status: int, code: str) -> dict[str, Any]:

@@ -5,15 +5,24 @@
 from __future__ import annotations
 
 import json
-import queue
 import signal
 import subprocess
-import threading
 import urllib.parse
 
 import wasmtime
 
-from agents import NEBCTL, ROOT, SAMPLES, Agent, AgentPool, connected, edge_env, p2p_addr, wait_for
+from agents import (
+    NEBCTL,
+    ROOT,
+    SAMPLES,
+    Agent,
+    AgentPool,
+    OutputLines,
+    connected,
+    edge_env,
+    p2p_addr,
+    wait_for,
+)
 from nebula_edge.calllog import LOG_ENTRIES, LOG_LINES_PER_CALL
 
 EXIT3 = SAMPLES / "misbehave" / "exit3.wasm"
@@ -67,15 +76,8 @@ def test_logs_follow_streams_new_calls(agent_factory: AgentPool) -> None:
     proc = subprocess.Popen([str(NEBCTL), "-addr", a.url, "-logs", "dbl-log", "-follow"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=ROOT, env=edge_env(), stdin=subprocess.DEVNULL)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout or ()],
-                     daemon=True).start()
-    seen: list[str] = []
-
-    def shows(text: str) -> bool:
-        while not lines.empty():
-            seen.append(lines.get())
-        return any(text in ln for ln in seen)
+    out = OutputLines(proc.stdout)
+    shows, seen = out.shows, out.seen
 
     try:
         # Calls keep coming until the stream shows one from each agent (the follower

@@ -14,16 +14,12 @@ from pathlib import Path
 import pytest
 
 from agents import SAMPLES, Agent, AgentPool, edge_env, free_port, run_edge, wait_for
+from agents import deployed as deploy
 
 DOUBLE = SAMPLES / "double" / "double.wasm"
 CALC = SAMPLES / "misbehave" / "calc.wasm"
 JSONSTATS = SAMPLES / "jsonstats" / "jsonstats.wasm"
 
-
-def deploy(agent: Agent, name: str, wasm: Path, **fields: object) -> dict[str, object]:
-    status, body, _ = agent.deploy(name, wasm, **fields)
-    assert status == 201, body
-    return dict(body["module"])
 
 
 def sha_of(agent: Agent, name: str) -> str:

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import os
 import pty
-import queue
 import re
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from agents import (
     ROOT,
     SAMPLES,
     AgentPool,
+    OutputLines,
     connected,
     edge_env,
     p2p_addr,
@@ -46,15 +45,8 @@ def test_watch_redeploys_on_change_to_every_agent(agent_factory: AgentPool,
     proc = subprocess.Popen([str(NEBCTL), "-addr", a.url, "-watch", str(src), "-name", "w",
                              "-arg", "21"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, cwd=ROOT, env=edge_env(), stdin=subprocess.DEVNULL)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout or ()],
-                     daemon=True).start()
-    seen: list[str] = []
-
-    def printed(text: str) -> bool:
-        while not lines.empty():
-            seen.append(lines.get().rstrip())
-        return any(text in ln for ln in seen)
+    out = OutputLines(proc.stdout)
+    printed, seen = out.shows, out.seen
 
     def result(agent: object, arg: int) -> object:
         status, body, _ = agent.exec("w", arg)  # type: ignore[attr-defined]

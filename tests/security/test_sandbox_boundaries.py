@@ -21,6 +21,7 @@ from typing import Any
 import wasmtime
 
 from agents import Agent, AgentPool
+from agents import deployed as deploy
 
 EBADF = 8
 """WASI errno 8: fd 3 is not open, because the agent preopens no directory."""
@@ -122,10 +123,6 @@ NO_MEMORY_WAT = """
 def wat(source: str) -> bytes:
     return bytes(wasmtime.wat2wasm(source))
 
-
-def deploy(agent: Agent, name: str, wasm: bytes | Path, **fields: Any) -> None:
-    status, body, _ = agent.deploy(name, wasm, **fields)
-    assert status == 201, body
 
 
 def test_no_file_can_be_opened(agent_factory: AgentPool, samples: Path) -> None:
